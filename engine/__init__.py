@@ -1,0 +1,1 @@
+"""The serving core shared by the worker and the replay harness (no Kafka, no asyncio)."""

@@ -1,0 +1,86 @@
+"""A servable model version: a learner, its item vocabulary, its popularity prior, its version."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.catalog import Catalog
+from models.base import ItemBank, Learner, LearnerConfig, create
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^v(\d+)")
+
+
+@dataclass
+class ModelBundle:
+    learner: Learner
+    vocab: list[str]
+    version: str
+    popularity: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.learner.eval()
+        self.vocab_index = {item_id: row for row, item_id in enumerate(self.vocab)}
+        if self.popularity.shape[0] != len(self.vocab):
+            self.popularity = np.zeros(len(self.vocab), dtype=np.float32)
+
+    @classmethod
+    def untrained(cls, learner_name: str, config: LearnerConfig) -> ModelBundle:
+        """A model with no training: id embeddings unused, content features only. Serves content
+        similarity until the first retrain is promoted."""
+        torch.manual_seed(config.seed)
+        return cls(create(learner_name, config), [], "v0-untrained")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelBundle:
+        from models.checkpoint import load
+
+        learner, vocab, meta = load(directory)
+        popularity = np.asarray(meta.get("metadata", {}).get("popularity", []), dtype=np.float32)
+        return cls(learner, vocab, str(meta.get("version", Path(directory).name)), popularity, meta)
+
+    def bank(self, catalog: Catalog) -> ItemBank:
+        id_index = np.fromiter(
+            (self.vocab_index.get(i, -1) for i in catalog.ids), dtype=np.int64, count=len(catalog)
+        )
+        pop = np.zeros(len(catalog), dtype=np.float32)
+        known = id_index >= 0
+        if self.popularity.size:
+            pop[known] = self.popularity[id_index[known]]
+        return ItemBank(
+            id_index=torch.from_numpy(id_index),
+            features=torch.from_numpy(catalog.features.copy()),
+            popularity=torch.from_numpy(pop),
+        )
+
+
+def versions_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "models"
+
+
+def latest_version(data_dir: str | Path) -> Path | None:
+    """The newest promoted version directory (``v<N>-...``) under ``data_dir/models``."""
+    root = versions_dir(data_dir)
+    if not root.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _VERSION_DIR.match(p.name)) and (p / "meta.json").is_file()
+    ]
+    return max(found)[1] if found else None
+
+
+def next_version_name(data_dir: str | Path, learner_name: str) -> str:
+    latest = latest_version(data_dir)
+    n = 1 if latest is None else int(_VERSION_DIR.match(latest.name).group(1)) + 1  # type: ignore[union-attr]
+    return f"v{n}-{learner_name}-{time.strftime('%Y%m%dT%H%M%S')}"

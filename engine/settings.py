@@ -1,0 +1,108 @@
+"""One settings object for the whole worker: defaults, ``KINDLING_*`` env vars, CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "KINDLING_"
+
+
+@dataclass
+class Settings:
+    # Kafka
+    broker: str = "kafka://127.0.0.1:9092"
+    topic_prefix: str = "kindling."
+    partitions: int = 4
+    app_id: str = "kindling"
+    # Short by default: a rejoining consumer waits up to the rebalance timeout (seen with Tansu).
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 10.0
+    max_poll_interval_s: float = 10.0
+    fetch_max_wait_ms: int = 50  # Faust hard-codes 1500: see workers/faust_compat.py
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = ""  # secrets only via env: never logged, never in files
+    ssl_cafile: str = ""
+    # State
+    data_dir: str = "./kindling-data"
+    support_capacity: int = 20
+    dedup_window: int = 16  # evicted event ids still remembered for de-duplication
+    # Serving
+    learner: str = "fomaml"
+    model_dir: str = ""  # a checkpoint directory; empty = newest version under data_dir/models
+    top_k: int = 10
+    inner_steps: int = 2
+    batch_max: int = 256
+    batch_within_s: float = 0.02
+    rating_low: float = 0.0
+    rating_high: float = 5.0
+    feature_dim: int = 64
+    attribute_dim: int = 32
+    seed: int = 0
+    torch_threads: int = 2
+    # Exploration
+    policy: str = "none"
+    explore_slots: int = 0
+    # Retraining
+    retrain_interval_s: float = 0.0  # 0 disables the periodic meta-training agent
+    retrain_steps: int = 200
+    retrain_min_users: int = 20
+    # Operations
+    web_port: int = 6066
+    web_enabled: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, overridden by ``KINDLING_<FIELD>`` env vars, overridden by ``overrides``
+        (CLI flags; ``None`` values are ignored)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        return [ENV_PREFIX + f.name.upper() for f in fields(cls)]
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to log (secrets masked)."""
+        out = dataclasses.asdict(self)
+        if out["sasl_password"]:
+            out["sasl_password"] = "***"
+        return out
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(
+        str(f.type), str
+    )
+    try:
+        if kind is bool:
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}")

@@ -1,0 +1,189 @@
+"""From events to a servable model version: the one training pipeline.
+
+``kindling train``, the worker's periodic retrain agent, the replay harness and the demo all call
+:func:`train_bundle`; promotion goes through :func:`promote_if_better`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.bundle import ModelBundle, next_version_name, versions_dir
+from engine.catalog import Catalog
+from engine.features import HashingFeaturizer
+from engine.settings import Settings
+from models.base import LearnerConfig, create
+from models.training import UserHistory, heldout_loss, meta_train, pretrain_items, should_promote
+from schemas import Interaction, RatingScale
+
+log = logging.getLogger(__name__)
+
+
+def learner_config(settings: Settings, n_items: int = 0) -> LearnerConfig:
+    return LearnerConfig(
+        n_items=n_items,
+        feature_dim=settings.feature_dim,
+        attribute_dim=settings.attribute_dim,
+        inner_steps=settings.inner_steps,
+        rating_min=settings.rating_low,
+        rating_max=settings.rating_high,
+        seed=settings.seed,
+    )
+
+
+def histories_from_events(
+    events: Sequence[Interaction],
+    catalog: Catalog,
+    settings: Settings,
+    profiles: Mapping[str, Mapping[str, Any]] | None = None,
+    featurizer: HashingFeaturizer | None = None,
+) -> dict[str, UserHistory]:
+    """Group events by user (time order) into catalog-row histories; items are added to the
+    catalog if needed."""
+    featurizer = featurizer or HashingFeaturizer(settings.feature_dim, settings.attribute_dim)
+    scale = RatingScale(settings.rating_low, settings.rating_high)
+    per_user: dict[str, list[Interaction]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: (e.ts, e.event_id)):
+        per_user[e.user_id].append(e)
+    out = {}
+    for user_id, evs in per_user.items():
+        rows = [catalog.ensure(e.item_id, e.domain) for e in evs]
+        attrs = (profiles or {}).get(user_id)
+        profile = (
+            featurizer.encode_user(dict(attrs)) if attrs else np.zeros(settings.attribute_dim, np.float32)
+        )
+        out[user_id] = UserHistory(
+            items=torch.tensor(rows, dtype=torch.long),
+            targets=torch.tensor([e.reward(scale) for e in evs], dtype=torch.float32),
+            ratings=torch.tensor(
+                [e.value if e.kind == "rate" else math.nan for e in evs], dtype=torch.float32
+            ),
+            profile=torch.from_numpy(profile),
+        )
+    return out
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    report: dict[str, Any]
+    heldout_users: list[str]
+
+    def __iter__(self):  # ``bundle, report = train_bundle(...)`` also works
+        return iter((self.bundle, self.report))
+
+
+def train_bundle(
+    settings: Settings,
+    events: Sequence[Interaction],
+    catalog: Catalog,
+    *,
+    learner: str | None = None,
+    steps: int = 300,
+    profiles: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
+    pretrain_epochs: int = 2,
+    version: str | None = None,
+) -> TrainResult:
+    """Train a new model version on ``events``; ``heldout_fraction`` of users are kept out of
+    training to measure the held-out cold-start loss (reported as ``heldout_loss``)."""
+    name = learner or settings.learner
+    histories = histories_from_events(events, catalog, settings, profiles)
+    users = sorted(histories)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(users)
+    n_held = int(len(users) * heldout_fraction) if len(users) >= 20 else 0
+    held, train = users[:n_held], users[n_held:]
+    vocab = _vocab(events, set(train))
+    counts = _counts(events, vocab)
+    torch.manual_seed(seed)
+    model = create(name, learner_config(settings, len(vocab)))
+    bundle = ModelBundle(model, vocab, version or "candidate", np.log1p(counts).astype(np.float32))
+    bank = bundle.bank(catalog)
+    train_h = [histories[u] for u in train if len(histories[u]) >= 2]
+    held_h = [histories[u] for u in held if len(histories[u]) >= 2]
+    report: dict[str, Any] = {"learner": name, "users": len(train), "heldout_users": len(held),
+                              "events": len(events), "items": len(vocab)}
+    if train_h and steps > 0:
+        if pretrain_epochs:
+            report["pretrain"] = pretrain_items(model, train_h, bank, epochs=pretrain_epochs, seed=seed)
+        trained = meta_train(model, train_h, bank, steps=steps, first_order=None, seed=seed)
+        report.update({k: v for k, v in trained.items() if k != "losses"})
+    model.eval()
+    report["heldout_loss"] = heldout_loss(model, held_h, bank) if held_h else math.nan
+    bundle.metadata = {"report": report}
+    return TrainResult(bundle, report, held)
+
+
+def bundle_heldout_loss(bundle: ModelBundle, histories: Sequence[UserHistory], catalog: Catalog) -> float:
+    if not histories:
+        return math.nan
+    bundle.learner.eval()
+    return heldout_loss(bundle.learner, histories, bundle.bank(catalog))
+
+
+def promote_if_better(
+    candidate: ModelBundle,
+    incumbent: ModelBundle | None,
+    heldout: Sequence[UserHistory],
+    catalog: Catalog,
+    data_dir: str | Path,
+    *,
+    tolerance: float = 0.0,
+) -> tuple[bool, dict[str, float]]:
+    """Compare both on the same held-out users; save the candidate as the next version only if
+    it is not worse. Returns (promoted, losses)."""
+    new = bundle_heldout_loss(candidate, heldout, catalog)
+    old = bundle_heldout_loss(incumbent, heldout, catalog) if incumbent is not None else None
+    losses = {"candidate": new, "incumbent": math.nan if old is None else old}
+    if incumbent is not None and not incumbent.vocab:
+        old = None  # an untrained bootstrap model never blocks the first trained one
+    if not should_promote(new, old, tolerance=tolerance):
+        log.info("candidate rejected: held-out loss %.4f worse than %.4f", new, old or math.nan)
+        return False, losses
+    save_bundle(candidate, data_dir, extra={"promotion": losses})
+    return True, losses
+
+
+def save_bundle(bundle: ModelBundle, data_dir: str | Path, extra: dict | None = None) -> Path:
+    from models.checkpoint import save
+
+    name = next_version_name(data_dir, bundle.learner.name)
+    bundle.version = name
+    metadata = {**bundle.metadata, **(extra or {}), "popularity": bundle.popularity.tolist()}
+    # Written under a temporary name and renamed: a watching worker never sees half a version.
+    final = versions_dir(data_dir) / name
+    tmp = versions_dir(data_dir) / f".tmp-{name}"
+    save(bundle.learner, tmp, vocab=bundle.vocab, version=name, metadata=metadata)
+    os.replace(tmp, final)
+    log.info("promoted model version %s", name)
+    return final
+
+
+def _vocab(events: Sequence[Interaction], users: set[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for e in events:
+        if e.user_id in users:
+            seen.setdefault(e.item_id, None)
+    return list(seen)
+
+
+def _counts(events: Sequence[Interaction], vocab: list[str]) -> np.ndarray:
+    index = {item: i for i, item in enumerate(vocab)}
+    counts = np.zeros(len(vocab), dtype=np.float64)
+    for e in events:
+        i = index.get(e.item_id)
+        if i is not None:
+            counts[i] += 1
+    return counts

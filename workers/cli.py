@@ -1,0 +1,224 @@
+"""``kindling``: the command line. Each sub-command is a thin call into the packages."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from engine.settings import Settings
+
+log = logging.getLogger("kindling")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Every Settings field as ``--field-name`` (overrides ``KINDLING_FIELD_NAME``)."""
+    group = parser.add_argument_group("settings (flags override KINDLING_* env vars)")
+    for f in dataclasses.fields(Settings):
+        if f.name == "sasl_password":
+            continue  # secrets only via env
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": str}.get(
+            str(f.type), str
+        )
+        group.add_argument(flag, dest=f"s_{f.name}", type=kind, default=None,
+                           help=f"env KINDLING_{f.name.upper()} (default {f.default!r})")
+
+
+def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
+    overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
+    for name, value in list(overrides.items()):
+        if isinstance(value, str) and name in {"web_enabled"}:
+            overrides[name] = value.lower() in {"1", "true", "yes", "on"}
+    overrides.update(fixed)
+    return Settings.from_env(**overrides)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"broker ready: {broker.url}  (tansu, memory storage; Ctrl-C stops it)", flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop and broker.running():
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    print("broker stopped", flush=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.topics import ensure_topics
+    from workers.app import Kindling
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    log.info("settings: %s", json.dumps(settings.public()))
+    ensure_topics(settings)
+    kindling = Kindling(settings)
+    worker = faust.Worker(kindling.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from streams.kafka import EventProducer
+    from streams.sources import read_items, read_log
+    from streams.topics import ensure_topics
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    ensure_topics(settings)
+    with EventProducer(settings) as producer:
+        if args.items:
+            for item in read_items(args.items):
+                producer.item(item)
+        n = producer.interactions(read_log(args.file))
+    print(f"produced {n} interactions to {settings.topic('interactions')}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from streams.kafka import consume
+
+    settings = settings_from(args)
+    topic = settings.topic(args.topic)
+    n = 0
+    for _, value in consume(settings, topic, from_beginning=args.from_beginning,
+                            idle_timeout_s=args.idle, max_messages=args.max):
+        print(value.decode("utf-8", "replace"), flush=True)
+        n += 1
+    return 0 if n or args.idle else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from workers.training import run_train
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    return run_train(settings, args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from workers.replay import run
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    return run(settings, args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from workers.bench import run
+
+    settings = settings_from(args)
+    _logging(settings.log_level if not args.json else "warning")
+    return run(settings, args)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu, memory)")
+    p.add_argument("--port", type=int, default=None, help="default: a free loopback port")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run the Faust worker")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("produce", help="send a log (JSONL, CSV, MovieLens) as interactions")
+    p.add_argument("file")
+    p.add_argument("--items", help="an items file or folder (e.g. MovieLens movies.csv) to send first")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("tail", help="print recommendations (or another topic) as they arrive")
+    p.add_argument("--topic", default="recommendations", help="topic name without the prefix")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--idle", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
+    p.add_argument("--max", type=int, default=None)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("demo", help="embedded broker + worker + a synthetic stream, end to end")
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--items-count", type=int, default=400)
+    p.add_argument("--seconds", type=float, default=90.0, help="hard time limit")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="offline meta-training from a log; writes a model version")
+    p.add_argument("log", nargs="?", help="interaction log (omit with --synthetic)")
+    p.add_argument("--synthetic", action="store_true", help="train on the synthetic generator")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out", default=None, help="checkpoint directory (default: next version)")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("replay", help="offline evaluation through the serving code path")
+    p.add_argument("log")
+    p.add_argument("--protocol", default="few-shot", choices=["prequential", "few-shot", "new-items"])
+    p.add_argument("--models", default=None, help="comma-separated; default: all")
+    p.add_argument("--out", default="reports/replay")
+    p.add_argument("--via-kafka", action="store_true")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--max-users", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline")
+    p.add_argument("what", nargs="?", default="pipeline", choices=["adapt", "pipeline"])
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--quick", action="store_true")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
