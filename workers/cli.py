@@ -195,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="few-shot", choices=["prequential", "few-shot", "new-items"])
     p.add_argument("--models", default=None, help="comma-separated; default: all")
     p.add_argument("--out", default="reports/replay")
-    p.add_argument("--via-kafka", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")

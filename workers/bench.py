@@ -1,0 +1,73 @@
+"""``kindling bench``: benchmarks that print figures and write a JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.settings import Settings
+
+
+def bench_pipeline(settings: Settings, n_events: int) -> dict[str, Any]:
+    """In-process events/s and per-event latency through Recommender.apply + rank (micro-batches
+    of ``settings.batch_max``), on a trained model over a synthetic log; bytes per user of the
+    support-set records."""
+    from engine.catalog import Catalog
+    from engine.features import HashingFeaturizer
+    from engine.recommender import Recommender
+    from engine.trainer import train_bundle
+    from evaluation.synthetic import generate
+
+    data = generate(n_users=3000, n_items=2000, events_per_user=(5, 30), seed=settings.seed)
+    catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
+    catalog.upsert(data.items)
+    cut = len(data.events) // 2
+    bundle = train_bundle(settings, data.events[:cut], catalog, steps=100).bundle
+    rec = Recommender(settings, bundle, catalog)
+    stream = data.events[cut:][:n_events]
+    supports: dict[str, bytes] = {}
+    latencies = []
+    t0 = time.perf_counter()
+    for i in range(0, len(stream), settings.batch_max):
+        batch = stream[i : i + settings.batch_max]
+        b0 = time.perf_counter()
+        rec.process(batch, supports)
+        latencies.append((time.perf_counter() - b0) * 1000)
+    elapsed = time.perf_counter() - t0
+    sizes = [len(v) for v in supports.values()]
+    return {
+        "events": len(stream),
+        "events_per_s": len(stream) / elapsed,
+        "batch_p50_ms": float(np.percentile(latencies, 50)),
+        "batch_p99_ms": float(np.percentile(latencies, 99)),
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "bytes_per_user": float(np.mean(sizes)) if sizes else 0.0,
+        "batch_size": settings.batch_max,
+        "catalog_items": len(catalog),
+    }
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.what == "adapt":
+        from models.bench import bench_adapt
+
+        result = bench_adapt(seconds=3.0 if args.quick else 12.0)
+    else:
+        result = bench_pipeline(settings, 2000 if args.quick else args.events)
+    line = json.dumps(result, default=float)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(line + "\n")
+    if args.json:
+        print(line)
+    else:
+        for key, value in result.items():
+            if not isinstance(value, dict | list):
+                print(f"{key:>24}: {value}")
+    return 0

@@ -1,0 +1,68 @@
+"""Run ``kindling worker`` as a child process (the demo and the integration tests use this)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.settings import ENV_PREFIX, Settings
+
+
+class WorkerProcess:
+    """A real worker process configured through ``KINDLING_*`` env vars, logging to a file."""
+
+    def __init__(self, settings: Settings, log_path: str | Path) -> None:
+        self.settings = settings
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self.settings.public().items():
+            if key != "sasl_password":
+                env[ENV_PREFIX + key.upper()] = str(value)
+        return env
+
+    def start(self, timeout: float = 90.0) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        start_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "worker"], env=self.env(), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+            with self.log_path.open("rb") as f:
+                f.seek(start_size)
+                if b"[^Worker]: Ready" in f.read():
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"worker not ready within {timeout}s: {self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush, no commit (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
