@@ -103,6 +103,7 @@ class Kindling:
             web_enabled=s.web_enabled,
             web_port=s.web_port,
             producer_acks=-1,
+            recovery_consistency_check=s.recovery_consistency_check,
             broker_credentials=self._credentials(),
         )
         def topic(name: str) -> faust.TopicT:

@@ -35,7 +35,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
     for name, value in list(overrides.items()):
-        if isinstance(value, str) and name in {"web_enabled"}:
+        if isinstance(value, str) and name in {"web_enabled", "recovery_consistency_check"}:
             overrides[name] = value.lower() in {"1", "true", "yes", "on"}
     overrides.update(fixed)
     return Settings.from_env(**overrides)

@@ -45,6 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
         settings = Settings(
             broker=broker.url, data_dir=str(Path(tmp) / "data"), partitions=2, app_id="kindling-demo",
             session_timeout_s=6, rebalance_timeout_s=6, max_poll_interval_s=6, seed=args.seed,
+            recovery_consistency_check=False,
         )
         say(f"[demo] broker {broker.bootstrap} (tansu, memory); {len(data.items)} items, "
             f"{len(warm)} warm events, {len(new)} events from {len({e.user_id for e in new})} new users")

@@ -1,0 +1,173 @@
+"""UserSupport: de-duplication, bounded capacity, Bloom of evicted items, compact codec."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from engine.settings import Settings
+from engine.support import BLOOM_BYTES, UserSupport, bloom_positions, event_hash
+from schemas import Interaction, SchemaError
+
+DEFAULTS = Settings()
+CAP = DEFAULTS.support_capacity
+WINDOW = DEFAULTS.dedup_window
+
+
+def ev(n: int, item: str | None = None, kind: str = "rate", value: float = 4.5) -> Interaction:
+    return Interaction(f"e{n}", "u1", item or f"i{n:05d}", kind, value, 1000.0 + n)
+
+
+def filled(n: int, capacity: int = CAP, window: int = WINDOW) -> UserSupport:
+    s = UserSupport()
+    for i in range(n):
+        assert s.add(ev(i), capacity, window)
+    return s
+
+
+def test_defaults_are_what_the_tests_assume() -> None:
+    assert CAP == 20 and WINDOW > 0
+
+
+def test_duplicate_event_id_is_ignored() -> None:
+    s = filled(3)
+    before = s.to_bytes()
+    assert s.add(ev(1), CAP, WINDOW) is False
+    # same id, different content: still a duplicate
+    assert s.add(Interaction("e2", "u1", "other", "click", 1.0, 9.0), CAP, WINDOW) is False
+    assert s.to_bytes() == before
+    assert len(s) == 3 and s.n_total == 3
+
+
+def test_duplicate_survives_codec() -> None:
+    s = UserSupport.from_bytes(filled(3).to_bytes())
+    assert s.add(ev(0), CAP, WINDOW) is False
+
+
+def test_capacity_evicts_oldest_default_20() -> None:
+    s = filled(CAP + 5)
+    assert len(s) == CAP
+    assert s.item_ids() == [f"i{n:05d}" for n in range(5, CAP + 5)]  # oldest -> newest
+    assert s.n_total == CAP + 5
+    assert [e.ts for e in s] == sorted(e.ts for e in s)
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        UserSupport().add(ev(0), 0, WINDOW)
+
+
+def test_evicted_ids_deduplicated_within_window() -> None:
+    capacity, window = 3, 4
+    s = filled(3 + window, capacity, window)  # evicted e0..e3
+    for n in range(window):
+        assert s.add(ev(n), capacity, window) is False, n
+    # one more eviction pushes e0 out of the window: it is then accepted again
+    assert s.add(ev(100), capacity, window)
+    assert len(s.evicted_ids) == window
+    assert event_hash("e0") not in s.evicted_ids
+    assert s.add(ev(0), capacity, window) is True
+
+
+def test_no_dedup_memory_when_window_zero() -> None:
+    s = filled(4, capacity=2, window=0)
+    assert s.evicted_ids == []
+    assert s.add(ev(0), 2, 0) is True
+
+
+def test_bloom_marks_evicted_items() -> None:
+    catalog = [f"i{n:05d}" for n in range(200)]
+    positions = bloom_positions(catalog)
+    assert positions.shape == (200, 3)
+    s = filled(CAP)
+    assert s.seen_mask(positions) is None  # nothing evicted yet
+    s = filled(CAP + 10)
+    mask = s.seen_mask(positions)
+    assert mask is not None and mask.dtype == bool and mask.shape == (200,)
+    assert mask[:10].all()  # the evicted ones are all flagged
+    # a Bloom filter may have false positives, but not many with 10 items in 1024 bits
+    assert mask[CAP + 10 :].sum() <= 5
+    # the mask survives the codec
+    again = UserSupport.from_bytes(s.to_bytes()).seen_mask(positions)
+    assert np.array_equal(mask, again)
+
+
+def test_codec_round_trip_unicode() -> None:
+    s = UserSupport()
+    items = ["film-é", "ユーザー", "🙂🙂", "plain"]
+    kinds = ["view", "click", "rate", "skip"]
+    for n, (item, kind) in enumerate(zip(items, kinds, strict=True)):
+        s.add(Interaction(f"e{n}", "u", item, kind, 0.5 * (n + 1), 1.7e9 + n), 3, 8)
+    back = UserSupport.from_bytes(s.to_bytes())
+    assert back.item_ids() == items[1:]
+    assert [e.kind for e in back] == kinds[1:]
+    assert [e.value for e in back] == [1.0, 1.5, 2.0]
+    assert [e.ts for e in back] == [1.7e9 + 1, 1.7e9 + 2, 1.7e9 + 3]
+    assert back.evicted_ids == s.evicted_ids and back.bloom == s.bloom
+    assert back.n_total == 4
+    assert back.to_bytes() == s.to_bytes()
+
+
+def test_empty_round_trip() -> None:
+    assert UserSupport.from_bytes(None).events == []
+    assert UserSupport.from_bytes(b"").to_bytes() == UserSupport().to_bytes()
+    assert UserSupport.from_bytes(UserSupport().to_bytes()).n_total == 0
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda raw: raw[:5],  # truncated header
+        lambda raw: raw[:30],  # truncated inside the events
+        lambda raw: b"\x09" + raw[1:],  # unknown format
+        lambda raw: raw[:11] + raw[11:19] + b"\x77" + raw[20:],  # unknown kind code
+    ],
+)
+def test_corrupt_bytes_raise_schema_error(corrupt) -> None:
+    raw = filled(5).to_bytes()
+    with pytest.raises(SchemaError):
+        UserSupport.from_bytes(corrupt(raw))
+
+
+def test_bad_utf8_item_raises_schema_error() -> None:
+    raw = bytearray(UserSupport.from_bytes(filled(1).to_bytes()).to_bytes())
+    raw[11 + 22] = 0xFF  # first byte of the first item id
+    with pytest.raises(SchemaError):
+        UserSupport.from_bytes(bytes(raw))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="BUG engine/support.py from_bytes: a truncated Bloom is accepted silently and "
+    "seen_mask then raises IndexError",
+)
+def test_truncated_bloom_is_corrupt() -> None:
+    raw = filled(CAP + 2).to_bytes()
+    with pytest.raises(SchemaError):
+        UserSupport.from_bytes(raw[:-1]).seen_mask(bloom_positions(["i00000"]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=struct.error,
+    reason="BUG engine/support.py: item ids over 255 UTF-8 bytes (allowed by the wire format, "
+    "MAX_ID_CHARS=256) overflow the 1-byte length field: struct.error in to_bytes",
+)
+def test_long_valid_item_id_encodes() -> None:
+    s = UserSupport()
+    s.add(Interaction("e", "u", "é" * 200, "click"), CAP, WINDOW)
+    assert UserSupport.from_bytes(s.to_bytes()).item_ids() == ["é" * 200]
+
+
+def test_twenty_events_are_compact() -> None:
+    # header 11 B + per event 22 B + id (6 B here) + 8 B per evicted id + Bloom
+    s = filled(CAP)
+    assert len(s.to_bytes()) == 11 + CAP * (22 + 6)
+    assert len(s.to_bytes()) < 1024
+    s = filled(CAP + 50)  # steady state: full window of evicted ids and a Bloom
+    bound = 11 + CAP * (22 + 6) + 8 * WINDOW + BLOOM_BYTES
+    assert len(s.to_bytes()) == bound
+    assert bound < 1024
