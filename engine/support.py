@@ -157,6 +157,10 @@ class UserSupport:
             evicted = list(struct.unpack_from(f"<{n_evicted}Q", raw, offset))
             offset += 8 * n_evicted
             bloom = bytearray(raw[offset : offset + n_bloom])
+            if len(bloom) != n_bloom or offset + n_bloom != len(raw):
+                raise SchemaError(
+                    f"corrupt support-set record: {len(raw)} bytes, expected {offset + n_bloom}"
+                )
         except (struct.error, KeyError, UnicodeDecodeError) as exc:
             raise SchemaError(f"corrupt support-set record: {exc}") from None
         return cls(events=events, evicted_ids=evicted, bloom=bloom, n_total=n_total)

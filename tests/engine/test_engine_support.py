@@ -138,16 +138,16 @@ def test_bad_utf8_item_raises_schema_error() -> None:
         UserSupport.from_bytes(bytes(raw))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="BUG engine/support.py from_bytes: a truncated Bloom is accepted silently and "
-    "seen_mask then raises IndexError",
-)
 def test_truncated_bloom_is_corrupt() -> None:
+    # (regression: a truncated Bloom used to be accepted and seen_mask raised IndexError)
     raw = filled(CAP + 2).to_bytes()
+    # a catalog large enough that some item hashes into the missing last byte
+    catalog = bloom_positions([f"i{n:05d}" for n in range(2000)])
+    assert (catalog >= 8 * (BLOOM_BYTES - 1)).any()
     with pytest.raises(SchemaError):
-        UserSupport.from_bytes(raw[:-1]).seen_mask(bloom_positions(["i00000"]))
+        UserSupport.from_bytes(raw[:-1]).seen_mask(catalog)
+    with pytest.raises(SchemaError):
+        UserSupport.from_bytes(raw + b"\x00")  # trailing garbage
 
 
 @pytest.mark.xfail(

@@ -82,7 +82,7 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
             for raw, _ in MALFORMED:
                 producer.send_raw(settings.topic("interactions"), b"u-bad", raw)
         recs = [json.loads(v) for _, v in consume(
-            settings, settings.topic("recommendations"), idle_timeout_s=15, deadline_s=120)]
+            settings, settings.topic("recommendations"), idle_timeout_s=40, deadline_s=240)]
         dead = [json.loads(v) for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
     finally:
         worker.stop()
