@@ -25,7 +25,7 @@ from faust.types import EventT
 from engine.bundle import ModelBundle, latest_version
 from engine.recommender import Recommender
 from engine.settings import Settings
-from models.base import LearnerConfig
+from engine.trainer import learner_config
 from schemas import DeadLetter, SchemaError, decode_interaction, decode_item, decode_user, encode
 from schemas.wire import RatingScale
 from streams.topics import TopicNames
@@ -36,17 +36,6 @@ log = logging.getLogger("kindling.worker")
 
 # Tables pick their serializers from the types (bytes -> "raw"); a ``schema=`` is ignored on reads.
 RAW_TYPES = {"key_type": bytes, "value_type": bytes}
-
-
-def learner_config(settings: Settings) -> LearnerConfig:
-    return LearnerConfig(
-        feature_dim=settings.feature_dim,
-        attribute_dim=settings.attribute_dim,
-        inner_steps=settings.inner_steps,
-        rating_min=settings.rating_low,
-        rating_max=settings.rating_high,
-        seed=settings.seed,
-    )
 
 
 def load_bundle(settings: Settings) -> ModelBundle:
@@ -254,9 +243,7 @@ class Kindling:
         if self.settings.model_dir:
             return
         path = latest_version(self.settings.data_dir)
-        if path is None or path.name.startswith(self.recommender.model_version):
-            return
-        if path.name == self.recommender.model_version:
+        if path is None or path.name == self.recommender.model_version:
             return
         bundle = await asyncio.get_running_loop().run_in_executor(None, ModelBundle.load, path)
         if bundle.version != self.recommender.model_version:
