@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "KINDLING_"
@@ -30,7 +30,8 @@ class Settings:
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     sasl_username: str = ""
-    sasl_password: str = ""  # secrets only via env: never logged, never in files
+    # secrets only via env: never logged, never in files, never in repr()
+    sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
     # State
     data_dir: str = "./kindling-data"
@@ -47,6 +48,11 @@ class Settings:
     rating_high: float = 5.0
     feature_dim: int = 64
     attribute_dim: int = 32
+    # Item content encoder: hashing | minilm | a local HF model folder (engine/encoders.py);
+    # a transformer fixes feature_dim to its width (384 for MiniLM).
+    encoder: str = "hashing"
+    # Hybrid bootstrap: fixed | learned | none (engine/recommender.py, models/content.py)
+    blend: str = "none"
     seed: int = 0
     torch_threads: int = 2
     # Exploration
@@ -56,9 +62,15 @@ class Settings:
     retrain_interval_s: float = 0.0  # 0 disables the periodic meta-training agent
     retrain_steps: int = 200
     retrain_min_users: int = 20
+    retrain_max_users: int = 20000  # most users snapshotted per retrain (local partitions)
+    retrain_tolerance: float = 0.0  # promote if held-out loss <= incumbent's + tolerance
     # Operations
     web_port: int = 6066
     web_enabled: bool = False
+    # Prometheus /metrics and /health (workers/web.py) on this port; 0 serves nothing.
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    log_format: str = "text"  # text | json (one JSON object per line, workers/logs.py)
     log_level: str = "info"
 
     @classmethod

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -26,6 +28,7 @@ from faust.types import EventT
 
 from engine.bundle import ModelBundle, latest_version
 from engine.recommender import Recommender
+from engine.retrain import write_snapshot
 from engine.settings import Settings
 from engine.trainer import learner_config
 from schemas import DeadLetter, SchemaError, decode_interaction, decode_item, decode_user, encode
@@ -33,6 +36,7 @@ from schemas.wire import RatingScale
 from streams.topics import TopicNames
 from workers.faust_compat import set_fetch_max_wait
 from workers.metrics import Metrics
+from workers.process import settings_env
 
 log = logging.getLogger("kindling.worker")
 
@@ -69,6 +73,7 @@ class Kindling:
         self.metrics = Metrics()
         self.recommender = Recommender(settings, load_bundle(settings))
         self.metrics.model_version(self.recommender.model_version)
+        self._retraining: asyncio.Future[None] | None = None
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ declarations
@@ -120,6 +125,9 @@ class Kindling:
         app.agent(self.items, name="items")(self._items_agent)
         app.agent(self.users, name="users")(self._users_agent)
         app.timer(2.0, name="model-watch")(self._watch_models)
+        if s.retrain_interval_s > 0:
+            # on_leader: one retrain per consumer group, not one per worker process.
+            app.timer(s.retrain_interval_s, name="retrain", on_leader=True)(self._retrain)
         app.task(self._load_catalog)
         return app
 
@@ -241,6 +249,57 @@ class Kindling:
         if items:
             self.recommender.catalog.upsert(items)
             log.info("catalog recovered: %d items", len(items))
+
+    async def _retrain(self) -> None:
+        """Snapshot this worker's users, items and attributes, then retrain in a child process
+        (``kindling retrain``) so training never stalls the event loop; the child promotes the
+        candidate only if its held-out loss is not worse (``engine/retrain.py``)."""
+        if self._retraining is not None and not self._retraining.done():
+            log.info("retrain: the previous round is still running; skipping this tick")
+            return
+        s = self.settings
+        catalog = self.recommender.catalog
+        domain_of = dict(zip(catalog.ids, catalog.domains, strict=True))
+        supports: list[tuple[str, bytes]] = []
+        for key, raw in self.supports.items():
+            supports.append((key.decode("utf-8"), raw))
+            if len(supports) >= s.retrain_max_users:
+                break
+            if len(supports) % 1000 == 0:
+                await asyncio.sleep(0)  # a large table must not starve the agents
+        if len(supports) < s.retrain_min_users:
+            log.info("retrain: %d users held here, fewer than retrain_min_users=%d; waiting",
+                     len(supports), s.retrain_min_users)
+            return
+        items = [raw for _, raw in self.catalog_table.items()]
+        users = [(k.decode("utf-8"), json.loads(v)) for k, v in self.profiles.items()]
+        directory = Path(s.data_dir) / "retrain" / f"snapshot-{time.time_ns()}"
+        loop = asyncio.get_running_loop()
+        _, n_users, n_events = await loop.run_in_executor(
+            None, write_snapshot, directory, supports, items, users, domain_of, s.retrain_max_users
+        )
+        log.info("retrain: snapshot of %d users, %d events, %d items -> %s",
+                 n_users, n_events, len(items), directory)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers.cli", "retrain", str(directory),
+            env=settings_env(s), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        self._retraining = asyncio.ensure_future(self._finish_retrain(proc, directory))
+
+    async def _finish_retrain(self, proc: asyncio.subprocess.Process, directory: Path) -> None:
+        try:
+            output, _ = await proc.communicate()
+        except asyncio.CancelledError:  # the worker is stopping: don't leave an orphan behind
+            proc.kill()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        lines = output.decode("utf-8", "replace").strip().splitlines()
+        if proc.returncode != 0:
+            log.error("retrain failed (exit %s): %s", proc.returncode, "\n".join(lines[-20:]))
+        else:
+            log.info("retrain outcome: %s", lines[-1] if lines else "(no output)")
+            await self._watch_models()
+        shutil.rmtree(directory, ignore_errors=True)
 
     async def _watch_models(self) -> None:
         """Hot-swap when a newer promoted version appears under data_dir/models."""

@@ -131,6 +131,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(settings, args)
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Train on a snapshot and promote only if not worse (what the worker's retrain timer runs)."""
+    import torch
+
+    from engine.retrain import retrain_from_snapshot
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    torch.set_num_threads(max(1, args.threads))
+    outcome = retrain_from_snapshot(settings, args.snapshot)
+    print(outcome.to_json(), flush=True)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from workers.replay import run
 
@@ -144,6 +158,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     _logging(settings.log_level if not args.json else "warning")
+    return run(settings, args)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from workers.fuzz import run
+
+    settings = settings_from(args)
+    _logging("warning")
+    return run(settings, args)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from workers.chaos import run
+
+    settings = settings_from(args)
+    _logging("warning" if args.json else settings.log_level)
     return run(settings, args)
 
 
@@ -190,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("retrain", help="train on a worker snapshot; promote only if not worse")
+    p.add_argument("snapshot", help="a snapshot directory written by the worker's retrain timer")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (leave cores to serving)")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_retrain)
+
     p = sub.add_parser("replay", help="offline evaluation through the serving code path")
     p.add_argument("log")
     p.add_argument("--protocol", default="few-shot", choices=["prequential", "few-shot", "new-items"])
@@ -209,6 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("fuzz", help="fuzz decode -> apply -> rank -> encode in process")
+    p.add_argument("--cases", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--throughput-events", type=int, default=20_000,
+                   help="good events for the clean vs mixed throughput check (0: skip)")
+    p.add_argument("--bad-ratio", type=float, default=0.1, help="share of bad events mixed in")
+    p.add_argument("--repeats", type=int, default=3, help="throughput runs per mode (best kept)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_fuzz)
+
+    p = sub.add_parser("chaos", help="embedded broker + worker, SIGKILLed K times; check state")
+    p.add_argument("--events", type=int, default=3000)
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--users", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 

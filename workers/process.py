@@ -12,6 +12,16 @@ from pathlib import Path
 from engine.settings import ENV_PREFIX, Settings
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with ``settings`` as ``KINDLING_*`` variables (a secret is
+    inherited from the parent's environment, never written out)."""
+    env = dict(os.environ)
+    for key, value in settings.public().items():
+        if key != "sasl_password":
+            env[ENV_PREFIX + key.upper()] = str(value)
+    return env
+
+
 class WorkerProcess:
     """A real worker process configured through ``KINDLING_*`` env vars, logging to a file."""
 
@@ -21,11 +31,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key, value in self.settings.public().items():
-            if key != "sasl_password":
-                env[ENV_PREFIX + key.upper()] = str(value)
-        return env
+        return settings_env(self.settings)
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,3 +72,8 @@ class WorkerProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if self.proc is not None:
+            try:  # children the worker started (a retrain round) share its process group
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
