@@ -314,6 +314,7 @@ def replay(
     max_stream_events: int | None = None,
     settings: Any = None,
     trace: dict[str, Any] | None = None,
+    via_kafka: bool = False,
 ) -> dict[str, Any]:
     """Replay ``log`` under one protocol for every model; see the module docstring.
 
@@ -349,6 +350,9 @@ def replay(
     trace : dict, optional
         Filled with per-model inputs and recommendations (``train_digest``, ``supports``,
         ``recommendations``) for audits such as the leakage test.
+    via_kafka : bool
+        Prequential only: Kindling learners serve through the embedded broker and a real worker
+        process (:mod:`evaluation.via_kafka`) instead of in-process; baselines are unchanged.
 
     Returns
     -------
@@ -359,6 +363,8 @@ def replay(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if via_kafka and protocol != "prequential":
+        raise ValueError("via_kafka streams events through a worker: use protocol='prequential'")
     progress = sys.stderr.isatty() if progress is None else progress
     data = as_replay_log(log)
     t_start = time.perf_counter()
@@ -376,6 +382,7 @@ def replay(
         "new_user_fraction": new_user_fraction,
         "new_item_fraction": new_item_fraction,
         "train_steps": train_steps,
+        "via_kafka": via_kafka,
         "models": {},
     }
     split = _split(data, protocol, new_user_fraction, new_item_fraction, max_stream_events)
@@ -389,6 +396,10 @@ def replay(
             train_steps=train_steps,
             settings=settings,
         )
+        if via_kafka and not is_baseline(name):
+            from evaluation.via_kafka import KafkaRunner
+
+            runner = KafkaRunner(runner, data.items)
         model_trace = None if trace is None else trace.setdefault(name, {})
         results[name] = _run(
             runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
@@ -444,7 +455,7 @@ def _run(
     trace: dict[str, Any] | None,
 ) -> dict[str, dict[str, float]]:
     runner.fit(split["train"])
-    if isinstance(runner, KindlingRunner):
+    if hasattr(runner, "with_top_k"):  # Kindling learners, in-process or via Kafka
         runner.with_top_k(max(k_list), max(support_sizes))
     if trace is not None:
         trace["train_digest"] = digest(split["train"])

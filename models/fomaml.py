@@ -126,14 +126,19 @@ class FOMAMLLearner(TowerLearner):
     def prepare_train(self, bank: ItemBank) -> State:
         out = self.tower(bank)
         # Negatives drawn once per catalog/model version, popularity-proportional (the hardest
-        # cheap proposal: popular items are what a cold user is confused with). Seeded so that
-        # serving is deterministic for a given model and catalog.
+        # cheap proposal: popular items are what a cold user is confused with), without
+        # replacement by Gumbel-top-k. The noise is a function of each item's *identity* (its
+        # vocabulary index, or its content for a new item), never of its catalog row: two
+        # workers whose catalogs received the same items in different orders draw the same
+        # negatives and so serve identical recommendations.
         n = bank.size
         k = min(self.n_negatives, n)
         if k > 0:
-            gen = torch.Generator().manual_seed(self.config.seed + 17)
             probs = torch.expm1(bank.popularity.clamp(min=0).double()) + 1.0
-            neg = torch.multinomial(probs, k, replacement=False, generator=gen)
+            keys = probs.log() + _gumbel_by_identity(
+                bank, self.config.seed + 17, self.config.n_items
+            )
+            neg = torch.topk(keys, k).indices
         else:
             neg = torch.zeros(0, dtype=torch.long)
         out["neg_idx"] = neg
@@ -179,3 +184,17 @@ class FOMAMLLearner(TowerLearner):
         pred = prepared["rating_bias"][items] + state["c"][:, None]
         pred = pred + torch.einsum("bqd,bd->bq", h, state["r"])
         return pred.clamp(self.config.rating_min, self.config.rating_max)
+
+
+def _gumbel_by_identity(bank: ItemBank, seed: int, vocab_size: int) -> Tensor:
+    """Gumbel(0, 1) noise per bank row that depends only on the item, not on its row."""
+    known = bank.id_index >= 0
+    # Sized by the model's vocabulary, so the table is the same for every catalog.
+    size = max(vocab_size, int(bank.id_index.max()) + 1 if bool(known.any()) else 1)
+    table = torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u_known = table[bank.id_index.clamp(min=0)]
+    direction = torch.randn(bank.features.shape[1], dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(seed + 1))
+    u_content = torch.frac((bank.features.double() @ direction).abs() * 9973.0)
+    u = torch.where(known, u_known, u_content).clamp(1e-12, 1.0 - 1e-12)
+    return -torch.log(-torch.log(u))

@@ -153,6 +153,9 @@ class Kindling:
         async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
             started = time.perf_counter()
             snaps, good, pending = [], [], []
+            # Table reads go to the *current event's* partition: look attributes up per event,
+            # not later for the whole batch (that read only the last event's partition).
+            profiles: dict[str, dict[str, Any] | None] = {}
             for event in batch:
                 _set_current_event(stream, event)
                 try:
@@ -161,13 +164,14 @@ class Kindling:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
                 snap = self.recommender.apply(interaction, self.supports)
+                profiles[interaction.user_id] = self._profile_of(interaction.user_id)
                 snaps.append(snap)
                 good.append(event)
                 self.metrics.support_size.observe(len(snap.support))
                 if snap.duplicate:
                     self.metrics.duplicates.inc()
             try:
-                recs = self.recommender.rank(snaps, self._profile_of)
+                recs = self.recommender.rank(snaps, profiles.get)
             except Exception as exc:  # noqa: BLE001 - a model bug must not lose events
                 log.exception("ranking failed for a batch of %d events", len(snaps))
                 reason = f"internal error while ranking: {exc!r}"

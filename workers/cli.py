@@ -161,6 +161,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run(settings, args)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from workers.replay import run
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    return run(settings, args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from workers.bench import run
+
+    settings = settings_from(args)
+    _logging(settings.log_level if not args.json else "warning")
+    return run(settings, args)
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from workers.fuzz import run
 
@@ -234,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--via-kafka", action="store_true",
+                   help="prequential: serve Kindling learners through the embedded broker and a "
+                   "real worker process instead of in-process")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_replay)
 
@@ -245,29 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("fuzz", help="fuzz decode -> apply -> rank -> encode in process")
-    p.add_argument("--cases", type=int, default=100_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--throughput-events", type=int, default=20_000,
-                   help="good events for the clean vs mixed throughput check (0: skip)")
-    p.add_argument("--bad-ratio", type=float, default=0.1, help="share of bad events mixed in")
-    p.add_argument("--repeats", type=int, default=3, help="throughput runs per mode (best kept)")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.add_argument("--out", default=None, help="also write the JSON report here")
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_fuzz)
-
-    p = sub.add_parser("chaos", help="embedded broker + worker, SIGKILLed K times; check state")
-    p.add_argument("--events", type=int, default=3000)
-    p.add_argument("--kills", type=int, default=3)
-    p.add_argument("--users", type=int, default=150)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.add_argument("--out", default=None, help="also write the JSON report here")
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_chaos)
     return parser
 
 

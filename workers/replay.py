@@ -16,6 +16,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "fomaml", "maml", "proto", "matching", "sequence",
     ]
     options = {"settings": settings, "progress": not args.no_progress}
+    if getattr(args, "via_kafka", False):
+        options["via_kafka"] = True
     if args.steps is not None:
         options["train_steps"] = args.steps
     report = run_replay(
