@@ -54,7 +54,14 @@ def bench_pipeline(settings: Settings, n_events: int) -> dict[str, Any]:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    if args.what == "adapt":
+    if args.what == "kafka":
+        from workers.bench_kafka import bench_kafka
+
+        result = bench_kafka(
+            settings, n_events=2000 if args.quick else args.events, rate=args.rate,
+            paced_events=1000 if args.quick else max(2000, int(args.rate * 5)),
+        )
+    elif args.what == "adapt":
         from models.bench import bench_adapt
 
         result = bench_adapt(seconds=3.0 if args.quick else 12.0)

@@ -256,11 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline")
-    p.add_argument("what", nargs="?", default="pipeline", choices=["adapt", "pipeline"])
+    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | kafka")
+    p.add_argument("what", nargs="?", default="pipeline", choices=["adapt", "pipeline", "kafka"])
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--rate", type=float, default=2000.0,
+                   help="kafka: paced produce rate (events/s) for the latency figures")
     p.add_argument("--quick", action="store_true")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)

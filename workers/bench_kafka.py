@@ -1,0 +1,174 @@
+"""``kindling bench kafka``: end to end through the embedded broker and a real worker process.
+
+Two runs on one worker (trained model, adaptation on, a synthetic log with planted structure):
+
+* **throughput**: produce ``n`` events as fast as the producer goes; events/s is ``n`` divided by
+  the time from the first send to the last recommendation read back;
+* **latency at a paced rate**: produce at ``rate`` events/s; per event, latency is the
+  recommendation's ``produced_at`` minus the send time (same host clock), p50/p99 reported.
+
+Bytes per user: the mean support-set record (what a table value holds) and the RocksDB files of
+the supports table on disk divided by the users in it, after the worker stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.settings import Settings
+from schemas import Interaction
+
+
+def _drain(settings: Settings, want: set[str], sent_at: dict[str, float], deadline_s: float,
+           consumer: Any) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    got: set[str] = set()
+    last = time.time()
+    start = time.monotonic()
+    while len(got) < len(want) and time.monotonic() - start < deadline_s:
+        batch = consumer.poll(timeout_ms=500)
+        for records in batch.values():
+            for record in records:
+                doc = json.loads(record.value)
+                source = doc["source_event_id"]
+                if source in want and source not in got:
+                    got.add(source)
+                    latencies.append(1000.0 * (doc["produced_at"] - sent_at[source]))
+                    last = time.time()
+    if len(got) < len(want):
+        raise RuntimeError(f"only {len(got)} of {len(want)} recommendations arrived")
+    return latencies, last
+
+
+def bench_kafka(
+    settings: Settings, n_events: int = 20_000, rate: float = 2000.0, paced_events: int = 10_000
+) -> dict[str, Any]:
+    from kafka import KafkaConsumer
+
+    from engine.catalog import Catalog
+    from engine.features import HashingFeaturizer
+    from engine.trainer import save_bundle, train_bundle
+    from evaluation.synthetic import generate
+    from streams.broker import EmbeddedBroker
+    from streams.kafka import EventProducer
+    from streams.topics import client_config, ensure_topics
+    from workers.process import WorkerProcess
+
+    data = generate(n_users=5000, n_items=2000, events_per_user=(5, 30), seed=settings.seed)
+    catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
+    catalog.upsert(data.items)
+    events = sorted(data.events, key=lambda e: (e.ts, e.event_id))
+    cut = len(events) // 3
+    workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
+    run = uuid.uuid4().hex[:6]
+    with EmbeddedBroker() as broker:
+        s = settings.replace(
+            broker=broker.url, data_dir=str(workdir / "data"), app_id=f"bench-{run}",
+            topic_prefix=f"bench-{run}.", recovery_consistency_check=False, model_dir="",
+            session_timeout_s=6.0, rebalance_timeout_s=6.0, max_poll_interval_s=6.0,
+            retrain_interval_s=0.0,
+        )
+        save_bundle(train_bundle(s, events[:cut], catalog, steps=100).bundle, s.data_dir)
+        ensure_topics(s)
+        worker = WorkerProcess(s, workdir / "worker.log").start()
+        stream = events[cut:]
+        fast, paced = stream[:n_events], stream[n_events : n_events + paced_events]
+        consumer = KafkaConsumer(s.topic("recommendations"), **client_config(s), group_id=None,
+                                 auto_offset_reset="latest", enable_auto_commit=False)
+        consumer.poll(timeout_ms=1000)  # join the partitions before anything is produced
+        try:
+            with EventProducer(s, linger_ms=2) as producer:
+                for item in data.items:
+                    producer.item(item)
+                producer.flush()
+                time.sleep(2.0)  # let the items agent load the catalog first
+                result = {"throughput": _throughput(s, producer, fast, consumer, _drain),
+                          "paced": _paced(s, producer, paced, rate, consumer, _drain)}
+        finally:
+            consumer.close()
+            worker.stop()
+        result["bytes_per_user"] = _bytes_per_user(Path(s.data_dir))
+    t, p = result["throughput"], result["paced"]
+    return {
+        "events": t["events"],
+        "events_per_s": t["events_per_s"],
+        "throughput_p50_ms": t["p50_ms"],
+        "throughput_p99_ms": t["p99_ms"],
+        "rate": rate,
+        "achieved_rate": p["achieved_rate"],
+        "p50_ms": p["p50_ms"],
+        "p99_ms": p["p99_ms"],
+        "paced_events": p["events"],
+        **result["bytes_per_user"],
+        "learner": settings.learner,
+        "inner_steps": settings.inner_steps,
+        "catalog_items": len(data.items),
+        "batch_max": settings.batch_max,
+    }
+
+
+def _throughput(s: Settings, producer: Any, events: Sequence[Interaction], consumer: Any,
+                drain: Any) -> dict[str, float]:
+    sent_at: dict[str, float] = {}
+    t0 = time.time()
+    for e in events:
+        sent_at[e.event_id] = time.time()
+        producer.interaction(e)
+    producer.flush()
+    latencies, last = drain(s, {e.event_id for e in events}, sent_at, 600.0, consumer)
+    return {"events": len(events), "events_per_s": len(events) / (last - t0),
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def _paced(s: Settings, producer: Any, events: Sequence[Interaction], rate: float, consumer: Any,
+           drain: Any) -> dict[str, float]:
+    sent_at: dict[str, float] = {}
+    t0 = time.time()
+    for i, e in enumerate(events):
+        due = t0 + i / rate
+        pause = due - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        sent_at[e.event_id] = time.time()
+        producer.interaction(e)
+    producer.flush()
+    sent = time.time() - t0
+    latencies, _ = drain(s, {e.event_id for e in events}, sent_at, 600.0, consumer)
+    return {"events": len(events), "achieved_rate": len(events) / sent,
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def _bytes_per_user(data_dir: Path) -> dict[str, float]:
+    from rocksdict import AccessType, Rdict
+
+    from engine.support import UserSupport
+
+    users, record_bytes, disk = 0, 0, 0
+    for db_path in sorted(data_dir.glob("faust/**/supports-*.db")):
+        disk += sum(f.stat().st_size for f in db_path.rglob("*") if f.is_file())
+        db = Rdict(str(db_path), access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                if bytes(key).startswith(b"__faust"):
+                    continue
+                UserSupport.from_bytes(bytes(value))  # a real record, not bookkeeping
+                users += 1
+                record_bytes += len(value)
+        finally:
+            db.close()
+    return {
+        "users": users,
+        "bytes_per_user": record_bytes / users if users else 0.0,
+        "disk_bytes_per_user": disk / users if users else 0.0,
+        "gib_per_million_users": record_bytes / max(users, 1) * 1e6 / 2**30,
+    }
