@@ -60,7 +60,20 @@ class ModelBundle:
             id_index=torch.from_numpy(id_index),
             features=torch.from_numpy(catalog.features.copy()),
             popularity=torch.from_numpy(pop),
+            domains=self._domain_codes(catalog),
         )
+
+    def _domain_codes(self, catalog: Catalog) -> torch.Tensor:
+        """Per-item domain codes. A cross-domain learner names its domains in
+        ``config.extra["domains"]`` (source first, target second); its codes are positions in that
+        list (-1 for any other domain), so they mean the same thing in training and serving
+        whatever order the catalog met the domains in. Other learners get the catalog's codes."""
+        codes, names = catalog.domain_codes()
+        own = self.learner.config.extra.get("domains")
+        if own and len(codes):
+            lookup = np.array([own.index(n) if n in own else -1 for n in names], dtype=np.int64)
+            codes = lookup[codes]
+        return torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64))
 
 
 def versions_dir(data_dir: str | Path) -> Path:

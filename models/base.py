@@ -44,6 +44,9 @@ class ItemBank:
     id_index: Tensor  # (N,) long
     features: Tensor  # (N, F) float32
     popularity: Tensor  # (N,) float32, log(1 + count) or zeros
+    #: (N,) long domain code per item, or None when the catalog has one domain. Cross-domain
+    #: learners read it to tell source from target items; single-domain learners ignore it.
+    domains: Tensor | None = None
 
     @property
     def size(self) -> int:

@@ -1,5 +1,6 @@
 """Import every built-in learner module so that each registers itself in ``REGISTRY``."""
 
-from models import fomaml, maml, matching, proto, sequence  # noqa: F401
+# transfer: the cross-domain learners (cd-*, emcdr, ptupcdr, lightgcn)
+from models import fomaml, maml, matching, proto, sequence, transfer  # noqa: F401
 
-__all__ = ["fomaml", "maml", "matching", "proto", "sequence"]
+__all__ = ["fomaml", "maml", "matching", "proto", "sequence", "transfer"]
