@@ -21,6 +21,9 @@ from models.base import Learner, LearnerConfig, create
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 FORMAT_VERSION = 1
+# meta.json holds the vocabulary (about 10-30 bytes per item id): 256 MiB is millions of items,
+# and refuses to parse a corrupt or hostile multi-gigabyte file into memory.
+MAX_META_BYTES = 256 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
@@ -89,6 +92,9 @@ def load(directory: str | Path) -> tuple[Learner, list[str], dict[str, Any]]:
     d = Path(directory)
     if not (d / META).is_file() or not (d / WEIGHTS).is_file():
         raise CheckpointError(f"{d} is not a checkpoint (need {META} and {WEIGHTS})")
+    size = (d / META).stat().st_size
+    if size > MAX_META_BYTES:
+        raise CheckpointError(f"{d / META} is {size} bytes, over the {MAX_META_BYTES}-byte limit")
     meta = json.loads((d / META).read_text())
     config = LearnerConfig(**meta["config"])
     learner = create(meta["learner"], config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 16 * 1024
 MAX_NESTING = 8
+MAX_DLQ_ORIGINAL_BYTES = MAX_PAYLOAD_BYTES  # at most ~6x this once JSON-escaped: < 1 MB
+MAX_DLQ_KEY_BYTES = 1024
+MAX_DLQ_REASON_CHARS = 1000
+MAX_VALUE = 1e30  # |value| bound, inside float32 range (engine/support.py stores float32)
 KINDS = ("view", "click", "rate", "purchase", "skip")
 WHY = ("exploit", "explore", "content", "popular")
 
@@ -154,7 +159,13 @@ class Recommendation:
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected message: the original bytes (as latin-1 text, lossless), where it came from and
-    why it was rejected."""
+    why it was rejected.
+
+    The copy of the original is cut at :data:`MAX_DLQ_ORIGINAL_BYTES` (key: ``MAX_DLQ_KEY_BYTES``):
+    a rejected message may be as large as the broker allows, and JSON-escaping latin-1 can grow
+    it six-fold, so an uncut copy could exceed the broker's message limit and fail the very send
+    that keeps the worker going. ``original_bytes`` keeps the true size.
+    """
 
     reason: str
     topic: str
@@ -167,12 +178,15 @@ class DeadLetter:
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": SCHEMA_VERSION,
-            "reason": self.reason,
+            "reason": self.reason[:MAX_DLQ_REASON_CHARS],  # reasons may quote the input
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            "original_latin1": self.original.decode("latin-1"),
-            "key_latin1": None if self.key is None else self.key.decode("latin-1"),
+            "original_latin1": self.original[:MAX_DLQ_ORIGINAL_BYTES].decode("latin-1"),
+            "original_bytes": len(self.original),
+            "truncated": len(self.original) > MAX_DLQ_ORIGINAL_BYTES,
+            "key_latin1": None if self.key is None
+            else self.key[:MAX_DLQ_KEY_BYTES].decode("latin-1"),
             "at": self.at,
         }
 
@@ -205,7 +219,9 @@ def _load(raw: bytes | str | None) -> dict[str, Any]:
         raise SchemaError(f"top level must be a JSON object, got {type(doc).__name__}")
     version = doc.get("v", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise SchemaError(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})", "v")
+        raise SchemaError(
+            f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})", "v"
+        )
     return doc
 
 
@@ -226,7 +242,20 @@ def _id(doc: dict[str, Any], name: str) -> str:
         raise SchemaError(f"longer than {MAX_ID_CHARS} characters", name)
     if any(ord(c) < 32 for c in text):
         raise SchemaError("contains control characters", name)
+    _check_unicode(text, name)
     return text
+
+
+def _check_unicode(text: str, name: str) -> None:
+    """Reject lone surrogates: ``json.loads`` turns a ``"\\ud800"`` escape into one, it passes
+    every other check, then crashes the first UTF-8 encode downstream (event hashes, the
+    support-set codec, the recommendation's own encoding)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SchemaError(
+            f"contains a lone surrogate U+{ord(text[exc.start]):04X} (an invalid \\u escape)", name
+        ) from None
 
 
 def _text(doc: dict[str, Any], name: str, default: str = "") -> str:
@@ -237,18 +266,25 @@ def _text(doc: dict[str, Any], name: str, default: str = "") -> str:
         raise SchemaError(f"must be a string, got {type(value).__name__}", name)
     if len(value) > MAX_TEXT_CHARS:
         raise SchemaError(f"longer than {MAX_TEXT_CHARS} characters", name)
+    _check_unicode(value, name)
     return value
 
 
-def _number(doc: dict[str, Any], name: str, default: float) -> float:
+def _number(doc: dict[str, Any], name: str, default: float, limit: float = sys.float_info.max
+            ) -> float:
     value = doc.get(name, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SchemaError(f"must be a number, got {type(value).__name__}", name)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        raise SchemaError("integer too large", name) from None
     if not math.isfinite(number):
         raise SchemaError("must be finite", name)
+    if abs(number) > limit:
+        raise SchemaError(f"magnitude over {limit:.3g}", name)
     return number
 
 
@@ -266,11 +302,14 @@ def _check_depth(value: Any, name: str, depth: int) -> None:
     if depth > MAX_NESTING:
         raise SchemaError(f"nested deeper than {MAX_NESTING} levels", name)
     if isinstance(value, dict):
-        for child in value.values():
+        for key, child in value.items():
+            _check_unicode(key, name)
             _check_depth(child, name, depth + 1)
     elif isinstance(value, list):
         for child in value:
             _check_depth(child, name, depth + 1)
+    elif isinstance(value, str):
+        _check_unicode(value, name)
     elif isinstance(value, float) and not math.isfinite(value):
         raise SchemaError("contains a non-finite number", name)
 
@@ -285,7 +324,8 @@ def decode_interaction(raw: bytes | str | None, scale: RatingScale = DEFAULT_SCA
     default_value = 0.0 if kind == "skip" else 1.0
     if kind == "rate" and "value" not in doc:
         raise SchemaError("a rating needs a value", "value")
-    value = _number(doc, "value", default_value)
+    # The support-set codec stores values as float32: a larger finite value would crash it.
+    value = _number(doc, "value", default_value, MAX_VALUE)
     if kind == "rate" and not scale.low <= value <= scale.high:
         raise SchemaError(f"rating {value} outside [{scale.low}, {scale.high}]", "value")
     ts = _number(doc, "ts", time.time())

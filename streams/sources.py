@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import DEFAULT_SCALE, KINDS, Interaction, Item, RatingScale
+from schemas.wire import MAX_ID_CHARS, MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,13 @@ def _ident(raw: Any, name: str) -> str:
         raise BadRow(f"empty {name}")
     if any(ord(c) < 32 for c in text):
         raise BadRow(f"control characters in {name}")
+    # The same limits as the wire format: replay feeds these straight to the serving path.
+    if len(text) > MAX_ID_CHARS:
+        raise BadRow(f"{name} longer than {MAX_ID_CHARS} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRow(f"lone surrogate in {name}") from None
     return text
 
 
@@ -244,6 +252,10 @@ def _generic_records(path: Path, stats: ReadStats) -> Iterator[tuple[int, Mappin
         with path.open(encoding="utf-8", errors="replace") as fh:
             for line_no, line in enumerate(fh, start=1):
                 if not line.strip():
+                    continue
+                if len(line) > MAX_PAYLOAD_BYTES:  # a wire message's limit, per JSONL record
+                    stats.rows += 1
+                    stats.skip(line_no, "line too long")
                     continue
                 try:
                     doc = json.loads(line)

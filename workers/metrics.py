@@ -1,4 +1,8 @@
-"""What an operator watches, as Prometheus metrics (one private registry per worker)."""
+"""What an operator watches, as Prometheus metrics (one private registry per worker).
+
+Served by :mod:`workers.web` on ``/metrics``. Rates (events/s) come from the counters with
+PromQL ``rate()``; lag, assignment and event age are refreshed at scrape time.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter("kindling_events", "Interaction events consumed", registry=r)
-        self.dlq = Counter("kindling_dead_letters", "Messages sent to the dead-letter topic", registry=r)
+        self.dlq = Counter("kindling_dead_letters", "Messages sent to the dead-letter topic",
+                           registry=r)
         self.duplicates = Counter(
-            "kindling_duplicate_events", "Redelivered events recognised by id (not re-applied)", registry=r
+            "kindling_duplicate_events", "Redelivered events recognised by id (not re-applied)",
+            registry=r,
         )
         self.batch_latency = Histogram(
             "kindling_batch_seconds", "Micro-batch processing time (apply + adapt + rank + send)",
@@ -22,9 +28,38 @@ class Metrics:
             "kindling_support_size", "Support-set size after each event",
             buckets=(0, 1, 3, 5, 10, 20, 50), registry=r,
         )
+        self.rank_latency = Histogram(
+            "kindling_rank_seconds", "Batched adaptation + scoring time per micro-batch (rank)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=r,
+        )
+        self.batch_size = Histogram(
+            "kindling_batch_events", "Events per micro-batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r,
+        )
+        self.recommendations = Counter(
+            "kindling_recommendations", "Recommendations published", registry=r
+        )
         self.lag = Gauge("kindling_consumer_lag", "Consumer lag (messages) by partition",
                          ["partition"], registry=r)
+        self.assigned = Gauge("kindling_assigned_partitions",
+                              "Interaction partitions assigned to this worker", registry=r)
+        self.last_event_age = Gauge(
+            "kindling_last_event_age_seconds", "Seconds since the last interaction batch "
+            "(-1 before the first)", registry=r,
+        )
         self._version = Info("kindling_model", "Model version being served", registry=r)
+        self._lag_partitions: set[int] = set()
 
     def model_version(self, version: str) -> None:
         self._version.info({"version": version})
+
+    def observe_health(self, assigned: list[int], lag: dict[int, int],
+                       last_event_age: float | None) -> None:
+        """Scrape-time gauges; partitions revoked since the last scrape are dropped."""
+        self.assigned.set(len(assigned))
+        for partition in self._lag_partitions - set(lag):
+            self.lag.remove(str(partition))
+        for partition, n in lag.items():
+            self.lag.labels(str(partition)).set(n)
+        self._lag_partitions = set(lag)
+        self.last_event_age.set(-1.0 if last_event_age is None else last_event_age)

@@ -254,23 +254,48 @@ def test_bad_version(version) -> None:
     assert "version" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="BUG schemas/wire.py _id/_text: JSON '\\ud800' escapes yield lone surrogates that "
-    "later crash UTF-8 encoding (engine.support.event_hash) instead of a SchemaError",
-)
 def test_lone_surrogate_escape_rejected_or_harmless() -> None:
     from engine.support import UserSupport
 
     raw = b'{"event_id":"e\\ud800","user_id":"u","item_id":"i\\udfff","kind":"view"}'
     try:
         event = decode_interaction(raw)
-    except SchemaError:
+    except SchemaError as exc:
+        assert "surrogate" in exc.reason and exc.field == "event_id"
         return  # fixed: rejected at the door
     support = UserSupport()
     support.add(event, 20, 16)
     support.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("decoder", "raw", "field_name"),
+    [
+        (decode_interaction, b'{"event_id":"e","user_id":"u\\udfff","item_id":"i","kind":"view"}',
+         "user_id"),
+        (decode_interaction,
+         b'{"event_id":"e","user_id":"u","item_id":"i","kind":"view","context":{"\\ud800":1}}',
+         "context"),
+        (decode_interaction,
+         b'{"event_id":"e","user_id":"u","item_id":"i","kind":"view","context":{"a":["\\ud800"]}}',
+         "context"),
+        (decode_item, b'{"item_id":"i","title":"t\\udc00"}', "title"),
+        (decode_item, b'{"item_id":"i","attributes":{"g":{"x":"\\ud83d"}}}', "attributes"),
+        (decode_user, b'{"user_id":"u","attributes":{"\\udbff":"x"}}', "attributes"),
+    ],
+)
+def test_lone_surrogates_anywhere_are_schema_errors(decoder, raw: bytes, field_name: str) -> None:
+    with pytest.raises(SchemaError) as info:
+        decoder(raw)
+    assert info.value.field == field_name and "surrogate" in info.value.reason
+
+
+def test_paired_surrogate_escapes_are_fine() -> None:
+    # "\ud83d\ude00" is a valid escape pair for one emoji, not a lone surrogate.
+    event = decode_interaction(
+        b'{"event_id":"e","user_id":"u","item_id":"\\ud83d\\ude00","kind":"view"}'
+    )
+    assert event.item_id == "\U0001f600"
 
 
 # ------------------------------------------------------------------------------ properties
@@ -333,3 +358,20 @@ def test_arbitrary_json_only_schema_error(value) -> None:
 )
 def test_event_shaped_json_only_schema_error(doc: dict) -> None:
     _only_schema_errors(json.dumps(doc).encode("utf-8"))
+
+
+def test_dead_letter_of_a_huge_message_still_fits_in_kafka() -> None:
+    from schemas import DeadLetter, encode
+    from schemas.wire import MAX_DLQ_ORIGINAL_BYTES
+
+    raw = bytes(range(256)) * 4000  # ~1 MB; bytes >= 0x80 JSON-escape to six characters
+    letter = encode(DeadLetter("r" * 50_000, "t", 1, 2, raw, b"\xff" * 10_000))
+    assert len(letter) < 1_000_000
+    doc = json.loads(letter)
+    assert doc["truncated"] is True and doc["original_bytes"] == len(raw)
+    assert doc["original_latin1"].encode("latin-1") == raw[:MAX_DLQ_ORIGINAL_BYTES]
+    assert len(doc["reason"]) <= 1000 and len(doc["key_latin1"]) <= 1024
+    small = json.loads(encode(DeadLetter("why", "t", 0, 0, b"\x00\xffok")))
+    assert small["truncated"] is False
+    assert small["original_latin1"].encode("latin-1") == b"\x00\xffok"
+
