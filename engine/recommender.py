@@ -20,6 +20,7 @@ import torch
 
 from engine.bundle import ModelBundle
 from engine.catalog import Catalog
+from engine.exploration import Explorer, checked_reward
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
 from engine.support import UserSupport
@@ -42,6 +43,8 @@ class Snapshot:
     ratings: list[float]
     exclude: list[int]
     support: UserSupport
+    explore_seq: int = -1  # position in the explorer's batch log right after this event
+    watermark: int = -1  # the record's last_offset before this event (offset-reset check)
 
 
 class Recommender:
@@ -56,7 +59,8 @@ class Recommender:
         self.featurizer = featurizer or HashingFeaturizer(
             settings.feature_dim, settings.attribute_dim
         )
-        self.catalog = catalog or Catalog(self.featurizer)
+        # ``is None``, not ``or``: an empty Catalog is falsy (``__len__``) and must be kept.
+        self.catalog = catalog if catalog is not None else Catalog(self.featurizer)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
         self.bundle = bundle
         self._prepared_key: tuple[int, str] | None = None
@@ -64,6 +68,7 @@ class Recommender:
         self._domain_codes: np.ndarray = np.zeros(0, dtype=np.int64)
         self._domain_names: dict[str, int] = {}
         self.skipped_unknown = 0
+        self.explorer = Explorer(settings, self.catalog) if settings.policy != "none" else None
 
     # ---------------------------------------------------------------- model versions
     @property
@@ -86,15 +91,41 @@ class Recommender:
         return self._prepared
 
     # ---------------------------------------------------------------- per event
-    def apply(self, event: Interaction, supports: MutableMapping[str, bytes]) -> Snapshot:
+    def apply(
+        self, event: Interaction, supports: MutableMapping[str, bytes], offset: int | None = None
+    ) -> Snapshot:
         """De-duplicate and append ``event`` to its user's support set, write it back to
-        ``supports`` and return the snapshot to rank. A duplicate changes nothing."""
-        support = UserSupport.from_bytes(supports.get(event.user_id))
-        fresh = support.add(event, self.settings.support_capacity, self.settings.dedup_window)
-        if fresh:
+        ``supports`` and return the snapshot to rank. A duplicate changes nothing.
+
+        ``offset`` (the worker passes the event's interactions-topic offset) makes de-duplication
+        exact: an offset at or below the record's ``last_offset`` is a redelivery, however many
+        events ago (ids alone cover only capacity + dedup_window). Replay passes none."""
+        if self.explorer is not None:
+            checked_reward(event, self.scale)  # a bad reward changes no state at all
+        stored = supports.get(event.user_id)
+        support = UserSupport.from_bytes(stored)
+        watermark = support.last_offset
+        redelivered = offset is not None and offset <= watermark
+        # Ids still count above the watermark: a producer may send one event at two offsets.
+        fresh = not redelivered and support.add(
+            event, self.settings.support_capacity, self.settings.dedup_window
+        )
+        if offset is not None and not redelivered:
+            support.last_offset = offset  # processed (applied, or a duplicate by id)
+        if fresh or support.last_offset != watermark:
             supports[event.user_id] = support.to_bytes()
+        elif stored:
+            # Same bytes again, on purpose: after a crash the worker's local store can hold an
+            # effect whose changelog record died in the producer's buffer; the redelivered event
+            # is the last chance to put it in the changelog before its offset is committed
+            # (seen with `kindling chaos`: users' last effects missing from the changelog).
+            supports[event.user_id] = stored
         self.catalog.ensure(event.item_id, event.domain)
-        return self.snapshot(event, support, duplicate=not fresh)
+        snap = self.snapshot(event, support, duplicate=not fresh)
+        snap.watermark = watermark
+        if self.explorer is not None:
+            snap.explore_seq = self.explorer.observe(event, fresh)
+        return snap
 
     def snapshot(self, event: Interaction, support: UserSupport, duplicate: bool) -> Snapshot:
         rows, targets, ratings, exclude = [], [], [], []
@@ -130,14 +161,28 @@ class Recommender:
             state = learner.init_state(profiles)
             state = learner.adapt(state, support, prepared)
             scores = learner.score(state, prepared)[:, :n_items].clone()
+            if self.settings.blend != "none":
+                scores = self._blend(scores, support, snapshots)
+            support_scores = scores.gather(1, support.items).numpy() if self.explorer else None
             self._exclude(scores, snapshots)
             k = min(self.settings.top_k, n_items)
-            top_scores, top_rows = torch.topk(scores, k, dim=1)
+            depth = self.explorer.depth(k, n_items) if self.explorer else k
+            top_scores, top_rows = torch.topk(scores, depth, dim=1)
         now = time.time()
         out = []
         top_scores_np, top_rows_np = top_scores.numpy(), top_rows.numpy()
+        slates = None
+        if self.explorer is not None and self.explorer.active:
+            slates = self.explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
+                                          support_scores, self._why)
         for b, snap in enumerate(snapshots):
             personal = bool(snap.rows)
+            if slates is not None:
+                items = tuple(RecItem(self.catalog.ids[row], score, why, propensity)
+                              for row, score, why, propensity in slates[b]
+                              if math.isfinite(score))
+                out.append(self._recommendation(snap, items, now))
+                continue
             items = tuple(
                 RecItem(
                     item_id=self.catalog.ids[row],
@@ -168,6 +213,36 @@ class Recommender:
         return self.rank([self.apply(e, supports) for e in events], profile_of)
 
     # ---------------------------------------------------------------- helpers
+    def _blend(
+        self, scores: torch.Tensor, support: SupportBatch, snapshots: Sequence[Snapshot]
+    ) -> torch.Tensor:
+        """Hybrid bootstrap: mix a pure content score (text similarity to the user's support)
+        into the model score with a weight set by the user's interaction count: the fixed
+        schedule, or per-bucket weights learned on warm users (``bundle.metadata["blend"]``)."""
+        from models.content import blend_scores, content_scores, count_bucket, fixed_content_weight
+
+        counts = torch.tensor([s.support.n_total for s in snapshots])
+        # In memory the bundle's metadata is flat; loaded from disk it sits under "metadata".
+        learned = self.bundle.metadata.get("blend") or self.bundle.metadata.get(
+            "metadata", {}).get("blend")
+        if self.settings.blend == "learned" and learned:
+            weights = torch.tensor(learned, dtype=torch.float32)[count_bucket(counts)]
+        else:
+            weights = fixed_content_weight(counts)
+        features = torch.from_numpy(self.catalog.features)
+        return blend_scores(scores, content_scores(support, features), weights)
+
+    def _recommendation(
+        self, snap: Snapshot, items: tuple[RecItem, ...], now: float
+    ) -> Recommendation:
+        return Recommendation(
+            user_id=snap.event.user_id,
+            items=items,
+            model_version=self.bundle.version,
+            source_event_id=snap.event.event_id,
+            produced_at=now,
+        )
+
     def _why(self, row: int, personal: bool) -> str:
         if self.catalog.ids[row] not in self.bundle.vocab_index:
             return "content"

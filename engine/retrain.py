@@ -27,7 +27,6 @@ from typing import Any
 
 from engine.bundle import ModelBundle, latest_version
 from engine.catalog import Catalog
-from engine.features import HashingFeaturizer
 from engine.settings import Settings
 from engine.support import UserSupport
 from engine.trainer import histories_from_events, promote_if_better, train_bundle
@@ -159,7 +158,11 @@ def retrain_from_snapshot(
             f"too few users: {len(users)} < retrain_min_users={settings.retrain_min_users}"
         )
         return _record(settings, outcome, started)
-    catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
+    from engine.encoders import make_encoder, with_encoder_dim
+
+    encoder = make_encoder(settings)  # the worker's encoder: train on what will be served
+    settings = with_encoder_dim(settings, encoder)
+    catalog = Catalog(encoder)
     catalog.upsert(items)
     if seed is None:
         # A different seed each round: the next attempt after a rejection is a new candidate.

@@ -37,6 +37,10 @@ class Settings:
     data_dir: str = "./kindling-data"
     support_capacity: int = 20
     dedup_window: int = 16  # evicted event ids still remembered for de-duplication
+    # Exact de-duplication by a per-user interactions-offset watermark (engine/support.py). Turn
+    # off if the interactions topic is deleted and recreated: offsets restart at 0 and would be
+    # taken for redeliveries (the worker warns when an offset is far below a user's watermark).
+    offset_dedup: bool = True
     # Serving
     learner: str = "fomaml"
     model_dir: str = ""  # a checkpoint directory; empty = newest version under data_dir/models
@@ -56,8 +60,11 @@ class Settings:
     seed: int = 0
     torch_threads: int = 2
     # Exploration
-    policy: str = "none"
-    explore_slots: int = 0
+    policy: str = "none"  # none | epsilon | ucb | thompson | thompson-gaussian | linucb | lints
+    explore_slots: int = 0  # last slots of the top-K open to the policy (engine/exploration.py)
+    explore_epsilon: float = 0.3  # a new user's chance that an explore slot explores
+    explore_decay: float = 20.0  # events after which that chance has halved
+    explore_pool: int = 20  # explore picks come from the next best-scored items
     # Retraining
     retrain_interval_s: float = 0.0  # 0 disables the periodic meta-training agent
     retrain_steps: int = 200
@@ -120,4 +127,6 @@ def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
             raise ValueError(raw)
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}")
+        raise ValueError(
+            f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None

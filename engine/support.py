@@ -4,6 +4,13 @@ The support set is the only per-user state the serving path needs. It is stored 
 binary value per user (in a RocksDB-backed Faust table in the worker, a dict in replay), so the
 de-duplication memory is written in the *same* changelog record as the event's effect: after a
 crash, a redelivered event finds its own id and is not applied twice.
+
+Ids alone remember only ``capacity + dedup_window`` events, and a restart after SIGKILLs under a
+backlog can redeliver more than that (``kindling chaos``). So the record also keeps ``last_offset``,
+the interactions-topic offset of the newest event applied: a user's events all come from one
+partition (keyed by user id), in offset order, so any offset at or below it is a redelivery. The
+watermark is only valid while the topic keeps its offsets: a deleted and recreated topic restarts
+at 0 and its events would look redelivered (``KINDLING_OFFSET_DEDUP=false`` turns it off).
 """
 
 from __future__ import annotations
@@ -18,18 +25,26 @@ import numpy as np
 from schemas import Interaction, RatingScale
 from schemas.errors import SchemaError
 
-_FORMAT = 1
+# Format 2 widened the item-id length field to 2 bytes: wire ids may be 256 characters, i.e. up
+# to 1,024 UTF-8 bytes, which overflowed format 1's 1-byte field. Format 1 records are still read
+# (a changelog written by an older worker must restore).
+# Format 3 adds the offset watermark (int64) after the header; formats 1 and 2 read as -1.
+_FORMAT = 3
 _KIND_CODES = {"view": 0, "click": 1, "rate": 2, "purchase": 3, "skip": 4}
 _KINDS = {v: k for k, v in _KIND_CODES.items()}
 _HEADER = struct.Struct("<BIHHH")  # format, n_total, n_events, n_evicted_ids, bloom bytes
-_EVENT = struct.Struct("<QBfdB")  # event hash, kind, value, ts, len(item_id)
+_EVENT = struct.Struct("<QBfdH")  # event hash, kind, value, ts, len(item_id) in bytes
+_EVENT_BY_FORMAT = {1: struct.Struct("<QBfdB"), 2: _EVENT, 3: _EVENT}
+_OFFSET = struct.Struct("<q")  # last_offset, format 3 on
+MAX_ITEM_ID_BYTES = 0xFFFF
 BLOOM_BYTES = 128
 BLOOM_HASHES = 3
 
 
 def event_hash(event_id: str) -> int:
     """A stable 64-bit digest of an event id (Python's ``hash`` is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def _bloom_positions(item_id: str) -> list[int]:
@@ -69,12 +84,14 @@ class SupportEvent:
 @dataclass
 class UserSupport:
     """Most recent ``capacity`` events (oldest first), ids of recently evicted events, a Bloom
-    filter of evicted items (to keep excluding items seen long ago), and a lifetime count."""
+    filter of evicted items (to keep excluding items seen long ago), a lifetime count, and the
+    interactions-topic offset of the newest event processed (-1: none known)."""
 
     events: list[SupportEvent] = field(default_factory=list)
     evicted_ids: list[int] = field(default_factory=list)
     bloom: bytearray = field(default_factory=bytearray)
     n_total: int = 0
+    last_offset: int = -1
 
     def __len__(self) -> int:
         return len(self.events)
@@ -128,10 +145,13 @@ class UserSupport:
         parts = [
             _HEADER.pack(
                 _FORMAT, self.n_total, len(self.events), len(self.evicted_ids), len(self.bloom)
-            )
+            ),
+            _OFFSET.pack(self.last_offset),
         ]
         for e in self.events:
             raw = e.item_id.encode("utf-8")
+            if len(raw) > MAX_ITEM_ID_BYTES:
+                raise SchemaError(f"item id is {len(raw)} UTF-8 bytes, over {MAX_ITEM_ID_BYTES}")
             parts.append(_EVENT.pack(e.event_hash, _KIND_CODES[e.kind], e.value, e.ts, len(raw)))
             parts.append(raw)
         parts.append(struct.pack(f"<{len(self.evicted_ids)}Q", *self.evicted_ids))
@@ -144,13 +164,18 @@ class UserSupport:
             return cls()
         try:
             fmt, n_total, n_events, n_evicted, n_bloom = _HEADER.unpack_from(raw, 0)
-            if fmt != _FORMAT:
+            layout = _EVENT_BY_FORMAT.get(fmt)
+            if layout is None:
                 raise SchemaError(f"unknown support-set format {fmt}")
             offset = _HEADER.size
+            last_offset = -1
+            if fmt >= 3:
+                (last_offset,) = _OFFSET.unpack_from(raw, offset)
+                offset += _OFFSET.size
             events = []
             for _ in range(n_events):
-                digest, kind, value, ts, n = _EVENT.unpack_from(raw, offset)
-                offset += _EVENT.size
+                digest, kind, value, ts, n = layout.unpack_from(raw, offset)
+                offset += layout.size
                 item_id = raw[offset : offset + n].decode("utf-8")
                 offset += n
                 events.append(SupportEvent(digest, item_id, _KINDS[kind], value, ts))
@@ -163,4 +188,5 @@ class UserSupport:
                 )
         except (struct.error, KeyError, UnicodeDecodeError) as exc:
             raise SchemaError(f"corrupt support-set record: {exc}") from None
-        return cls(events=events, evicted_ids=evicted, bloom=bloom, n_total=n_total)
+        return cls(events=events, evicted_ids=evicted, bloom=bloom, n_total=n_total,
+                   last_offset=last_offset)

@@ -308,7 +308,7 @@ def replay(
     new_user_fraction: float = 0.2,
     new_item_fraction: float = 0.2,
     seed: int = 0,
-    train_steps: int = 300,
+    train_steps: int = 1500,
     out_dir: str | Path | None = None,
     progress: bool | None = None,
     max_stream_events: int | None = None,

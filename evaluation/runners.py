@@ -143,6 +143,7 @@ class KindlingRunner:
         steps: int = 300,
         seed: int = 0,
         batch_size: int = 64,
+        encoder: Any = None,
     ) -> None:
         from engine.catalog import Catalog
         from engine.features import HashingFeaturizer
@@ -151,7 +152,8 @@ class KindlingRunner:
         self.name = name
         self.settings = (settings or Settings()).replace(seed=seed)
         self.featurizer = HashingFeaturizer(self.settings.feature_dim, self.settings.attribute_dim)
-        self.catalog = Catalog(self.featurizer)
+        # ``encoder``: any engine.catalog.ItemEncoder (e.g. MiniLM); default the hashing featurizer
+        self.catalog = Catalog(encoder or self.featurizer)
         self.catalog.upsert(list(items))
         self.profiles = profiles
         self.steps, self.seed, self.batch_size = steps, seed, batch_size
@@ -176,6 +178,9 @@ class KindlingRunner:
             steps=self.steps,
             profiles=self.profiles,
             seed=self.seed,
+            # The protocol's new users are the held-out set; a promotion split (used by live
+            # retraining) would only withhold training users here (measured: -3 to -9% NDCG).
+            heldout_fraction=0.0,
         )
         self.info["fit_seconds"] = time.perf_counter() - t0
         self.info["train"] = {k: v for k, v in report.items() if isinstance(v, int | float | str)}

@@ -96,7 +96,9 @@ class EmbeddedBroker:
             "--storage-engine", "memory://tansu/",
         ]
         out = self.log_path.open("wb")
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             wait_until_answers(self.host, self.port, timeout)
         except BrokerError as exc:

@@ -25,7 +25,8 @@ class TopicNames:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
-        return cls(*(settings.topic(n) for n in ("interactions", "items", "users", "recommendations", "dlq")))
+        names = ("interactions", "items", "users", "recommendations", "dlq")
+        return cls(*(settings.topic(n) for n in names))
 
     def all(self) -> list[str]:
         return [self.interactions, self.items, self.users, self.recommendations, self.dlq]

@@ -5,8 +5,11 @@ committable) a batch only after the agent body for it has returned; the body awa
 of every recommendation and dead letter before returning, and Faust flushes the producer (table
 changelogs included) before it commits offsets. So an offset is never committed past an event
 whose effect or output is not yet in Kafka. A crash can redeliver events; their ids are already
-in the user's support-set record, so their effect is not applied twice (the recommendation is
-published again: at-least-once output, exactly-once state).
+in the user's support-set record, and so is the offset of the newest event applied (a
+watermark: a user's events arrive from one partition in offset order), so their effect is not
+applied twice (the recommendation is published again: at-least-once output, exactly-once
+state). Caveat: a deleted and recreated interactions topic restarts offsets at 0, below the
+watermarks; set ``KINDLING_OFFSET_DEDUP=false`` then (a warning is logged once per partition).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from engine.bundle import ModelBundle, latest_version
+from engine.catalog import Catalog
+from engine.encoders import VectorCache, make_encoder, with_encoder_dim
+from engine.exploration import checked_reward
 from engine.recommender import Recommender
 from engine.retrain import write_snapshot
 from engine.settings import Settings
@@ -37,11 +43,14 @@ from streams.topics import TopicNames
 from workers.faust_compat import set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.process import settings_env
+from workers.web import HealthState, WebServer, consumer_lag, event_age
 
 log = logging.getLogger("kindling.worker")
 
 # Tables pick their serializers from the types (bytes -> "raw"); a ``schema=`` is ignored on reads.
 RAW_TYPES = {"key_type": bytes, "value_type": bytes}
+# An offset this far below a user's watermark is no redelivery but a recreated topic: warn.
+OFFSET_RESET_GAP = 100_000
 
 
 def load_bundle(settings: Settings) -> ModelBundle:
@@ -65,15 +74,24 @@ class Kindling:
     """The worker's components, built from one :class:`Settings`."""
 
     def __init__(self, settings: Settings) -> None:
+        # The content encoder fixes the feature width (MiniLM: 384), so build it first.
+        self.encoder = make_encoder(settings)
+        settings = with_encoder_dim(settings, self.encoder)
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
         self.metrics = Metrics()
-        self.recommender = Recommender(settings, load_bundle(settings))
+        # Item vectors are cached in the ``item_vectors`` table (store attached in _build_app).
+        self.vector_cache = VectorCache(self.encoder, {}, write_through=False)
+        self.recommender = Recommender(
+            settings, load_bundle(settings), catalog=Catalog(self.vector_cache)
+        )
         self.metrics.model_version(self.recommender.model_version)
+        self.last_event_at: float | None = None  # wall time of the last interaction batch
         self._retraining: asyncio.Future[None] | None = None
+        self._offset_reset_warned: set[tuple[str, int]] = set()
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ declarations
@@ -117,6 +135,19 @@ class Kindling:
                                   help="per-user support sets (engine.support codec)")
         self.profiles = app.Table("users", partitions=s.partitions, **RAW_TYPES,
                                   help="per-user attribute JSON")
+        # Bandit state (engine/exploration.py): item stats keyed "<partition>/<item>", see there.
+        self.bandit_items = app.Table("bandit_items", partitions=s.partitions, **RAW_TYPES,
+                                      help="per-partition item reward stats (count, sum, sq)")
+        self.bandit_users = app.Table("bandit_users", partitions=s.partitions, **RAW_TYPES,
+                                      help="per-user exploration stats JSON")
+        if self.recommender.explorer is not None:
+            self.recommender.explorer.items = self.bandit_items
+            self.recommender.explorer.users = self.bandit_users
+        self.vectors_table = app.GlobalTable(
+            "item_vectors", partitions=s.partitions, **RAW_TYPES,
+            help="item id -> content digest + float32 content vector (engine.encoders)",
+        )
+        self.vector_cache.store = self.vectors_table
         self.catalog_table = app.GlobalTable(
             "catalog", partitions=s.partitions, **RAW_TYPES, help="item records (wire JSON)",
             on_changelog_event=self._on_catalog_changelog,
@@ -129,6 +160,8 @@ class Kindling:
             # on_leader: one retrain per consumer group, not one per worker process.
             app.timer(s.retrain_interval_s, name="retrain", on_leader=True)(self._retrain)
         app.task(self._load_catalog)
+        if s.metrics_port:
+            app.task(self._serve_web)
         return app
 
     def _credentials(self) -> Any:
@@ -150,8 +183,13 @@ class Kindling:
     # ------------------------------------------------------------------ agents
     async def _interactions_agent(self, stream: faust.StreamT) -> None:
         s = self.settings
+        rebalances = -1
         async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
             started = time.perf_counter()
+            if self.recommender.explorer is not None and rebalances != self.app.rebalancing_count:
+                # Partitions may have moved: their bandit tables are the truth, not the cache.
+                self.recommender.explorer.clear_cache()
+                rebalances = self.app.rebalancing_count
             snaps, good, pending = [], [], []
             # Table reads go to the *current event's* partition: look attributes up per event,
             # not later for the whole batch (that read only the last event's partition).
@@ -160,32 +198,51 @@ class Kindling:
                 _set_current_event(stream, event)
                 try:
                     interaction = decode_interaction(event.value, self.scale)
+                    checked_reward(interaction, self.scale)  # bandit stats never see bad rewards
                 except SchemaError as exc:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
-                snap = self.recommender.apply(interaction, self.supports)
+                offset = event.message.offset if s.offset_dedup else None
+                snap = self.recommender.apply(interaction, self.supports, offset=offset)
+                if offset is not None and snap.watermark - offset > OFFSET_RESET_GAP:
+                    self._warn_offset_reset(event, snap.watermark)
                 profiles[interaction.user_id] = self._profile_of(interaction.user_id)
                 snaps.append(snap)
                 good.append(event)
                 self.metrics.support_size.observe(len(snap.support))
                 if snap.duplicate:
                     self.metrics.duplicates.inc()
+            # Ranking reads tables for many users at once (bandit statistics keyed by the user's
+            # partition): with no current event, Faust looks a key up in every local partition
+            # instead of only the last event's.
+            _current_event.set(None)
             try:
+                ranked_at = time.perf_counter()
                 recs = self.recommender.rank(snaps, profiles.get)
+                self.metrics.rank_latency.observe(time.perf_counter() - ranked_at)
             except Exception as exc:  # noqa: BLE001 - a model bug must not lose events
-                log.exception("ranking failed for a batch of %d events", len(snaps))
+                log.exception("ranking failed for a batch of %d events", len(snaps),
+                              extra={"events": len(snaps), "partition": _partitions(good)})
                 reason = f"internal error while ranking: {exc!r}"
                 for e in good:
                     pending.append(await self._dead_letter(e, reason))
                 recs = []
-            for rec in recs:
+            explorer = self.recommender.explorer
+            for event, rec in zip(good, recs, strict=False):
+                if explorer is not None:
+                    _set_current_event(stream, event)  # the user's partition, for the changelog
+                    explored = [i.item_id for i in rec.items if i.why == "explore"]
+                    explorer.shown(rec.user_id, explored)
                 pending.append(
                     await self.recommendations.send(key=rec.user_id.encode(), value=encode(rec))
                 )
             if pending:
                 await asyncio.gather(*pending)
             self.metrics.events.inc(len(batch))
+            self.metrics.recommendations.inc(len(recs))
+            self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_latency.observe(time.perf_counter() - started)
+            self.last_event_at = time.time()
 
     async def _items_agent(self, stream: faust.StreamT) -> None:
         async for batch in stream.take_events(self.settings.batch_max, within=0.2):
@@ -200,10 +257,29 @@ class Kindling:
                 self.catalog_table[item.item_id.encode()] = encode(item)
                 items.append(item)
             if items:
+                await self._encode_new(batch, items)
                 changed = self.recommender.catalog.upsert(items)
                 log.info("catalog: %d items received, %d new or changed", len(items), changed)
             if pending:
                 await asyncio.gather(*pending)
+
+    async def _encode_new(self, batch: Any, items: list[Any]) -> None:
+        """Encode new or changed item texts in one batch in an executor (a transformer takes
+        seconds for a big batch; the event loop must keep heart-beating), then cache them. The
+        catalog's upsert right after finds every vector in the cache."""
+        latest = {item.item_id: item for item in items}  # an item twice in a batch: last wins
+        todo = self.vector_cache.missing(list(latest.values()))
+        if not todo:
+            return
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(None, self.encoder.encode_items, todo)
+        by_id = {e.key: e for e in batch if e.key is not None}
+        for item, vec in zip(todo, vectors, strict=True):
+            event = by_id.get(item.item_id.encode())
+            if event is not None:  # table writes go to the partition of the item's own event
+                _current_event.set(weakref.ref(event))
+            self.vector_cache.put([item], vec[None, :])
+        log.info("encoded %d new or changed item texts", len(todo))
 
     async def _users_agent(self, stream: faust.StreamT) -> None:
         async for batch in stream.take_events(self.settings.batch_max, within=0.2):
@@ -220,6 +296,19 @@ class Kindling:
                 await asyncio.gather(*pending)
 
     # ------------------------------------------------------------------ helpers
+    def _warn_offset_reset(self, event: EventT, watermark: int) -> None:
+        """Once per partition: offsets far below a user's watermark mean the interactions topic
+        was probably recreated; the watermark then drops its events as redeliveries."""
+        msg = event.message
+        if (msg.topic, msg.partition) in self._offset_reset_warned:
+            return
+        self._offset_reset_warned.add((msg.topic, msg.partition))
+        log.warning("offset %s on %s[%s] is %d below a user's watermark %d: was the topic "
+                    "recreated? Its events are dropped as redeliveries; restart with "
+                    "KINDLING_OFFSET_DEDUP=false (or fresh state)", msg.offset, msg.topic,
+                    msg.partition, watermark - msg.offset, watermark,
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+
     def _profile_of(self, user_id: str) -> dict[str, Any] | None:
         raw = self.profiles.get(user_id.encode())
         return json.loads(raw) if raw else None
@@ -230,9 +319,33 @@ class Kindling:
             reason, msg.topic, msg.partition, msg.offset, event.value or b"", event.key
         )
         self.metrics.dlq.inc()
-        log.warning("dead letter: %s (topic=%s partition=%s offset=%s)",
-                    reason, msg.topic, msg.partition, msg.offset)
+        user = None if event.key is None else event.key.decode("utf-8", "replace")
+        log.warning("dead letter: %s (topic=%s partition=%s offset=%s user=%s)",
+                    reason, msg.topic, msg.partition, msg.offset, user,
+                    extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                           "user": user, "reason": reason})
         return await self.dlq.send(key=event.key, value=encode(letter))
+
+    # ------------------------------------------------------------------ observability
+    def health(self) -> HealthState:
+        """Ready = table recovery done and interaction partitions assigned (workers.web)."""
+        partitions, lag = consumer_lag(self.app, self.topics.interactions)
+        reasons = []
+        if not self.app.tables.recovery.completed.is_set():
+            reasons.append("table recovery in progress")
+        if not partitions:
+            reasons.append("no interaction partitions assigned")
+        return HealthState(not reasons, reasons, self.recommender.model_version, partitions,
+                           event_age(self.last_event_at), lag)
+
+    async def _serve_web(self) -> None:
+        server = WebServer(self.metrics, self.health, self.settings.metrics_host,
+                           self.settings.metrics_port)
+        await server.start()
+        try:
+            await asyncio.Event().wait()  # until the worker stops (task cancelled)
+        finally:
+            await server.stop()
 
     def _on_catalog_changelog(self, event: EventT) -> None:
         # Items written by another worker reach this one only through the global changelog.
@@ -316,6 +429,10 @@ class Kindling:
         if bundle.version != self.recommender.model_version:
             self.recommender.swap(bundle)
             self.metrics.model_version(bundle.version)
+
+
+def _partitions(events: list[EventT]) -> str:
+    return ",".join(str(p) for p in sorted({e.message.partition for e in events}))
 
 
 def _set_current_event(stream: faust.StreamT, event: EventT) -> None:

@@ -53,8 +53,32 @@ def bench_pipeline(settings: Settings, n_events: int) -> dict[str, Any]:
     }
 
 
+def bench_encode_items(settings: Settings, items_path: str | None, n: int) -> dict[str, Any]:
+    """Item texts/s of the transformer encoder (``--encoder``; default the packaged MiniLM) on
+    ``n`` MovieLens items (titles + genres + tags) or, without the data, synthetic items."""
+    import torch
+
+    from engine.encoders import TransformerEncoder
+    from evaluation.synthetic import generate
+    from streams.sources import read_items
+
+    default = Path(__file__).resolve().parents[2] / "shared/data/ml-latest-small/movies.csv"
+    path = items_path or (str(default) if default.is_file() else None)
+    items = read_items(path).items[:n] if path else generate(n_items=n, n_users=10).items
+    torch.set_num_threads(max(1, settings.torch_threads))
+    name = settings.encoder if settings.encoder not in ("", "hashing") else "minilm"
+    encoder = TransformerEncoder(None if name == "minilm" else name)
+    from engine.encoders import bench_encode
+
+    return {**bench_encode(items, encoder), "source": path or "synthetic",
+            "torch_threads": torch.get_num_threads()}
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    if args.what == "kafka":
+    if args.what == "encode":
+        n = 500 if args.quick else 3000
+        result = bench_encode_items(settings, getattr(args, "items", None), n)
+    elif args.what == "kafka":
         from workers.bench_kafka import bench_kafka
 
         result = bench_kafka(

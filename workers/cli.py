@@ -25,9 +25,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if f.name == "sasl_password":
             continue  # secrets only via env
         flag = "--" + f.name.replace("_", "-")
-        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": str}.get(
-            str(f.type), str
-        )
+        simple = {"int": int, "float": float, "bool": str}
+        kind = f.type if isinstance(f.type, type) else simple.get(str(f.type), str)
         group.add_argument(flag, dest=f"s_{f.name}", type=kind, default=None,
                            help=f"env KINDLING_{f.name.upper()} (default {f.default!r})")
 
@@ -35,7 +34,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
     for name, value in list(overrides.items()):
-        if isinstance(value, str) and name in {"web_enabled", "recovery_consistency_check"}:
+        if isinstance(value, str) and name in {"web_enabled", "recovery_consistency_check",
+                                                  "offset_dedup"}:
             overrides[name] = value.lower() in {"1", "true", "yes", "on"}
     overrides.update(fixed)
     return Settings.from_env(**overrides)
@@ -76,13 +76,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from streams.topics import ensure_topics
     from workers.app import Kindling
+    from workers.logs import configure, logging_config
 
     settings = settings_from(args)
-    _logging(settings.log_level)
+    configure(settings.log_format, settings.log_level)
     log.info("settings: %s", json.dumps(settings.public()))
     ensure_topics(settings)
     kindling = Kindling(settings)
-    worker = faust.Worker(kindling.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = faust.Worker(kindling.app, loglevel=settings.log_level.upper(), quiet=True,
+                          logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()
     return 0
 
@@ -153,20 +155,36 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run(settings, args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from workers.bench import run
+def cmd_bandits(args: argparse.Namespace) -> int:
+    import torch
 
-    settings = settings_from(args)
-    _logging(settings.log_level if not args.json else "warning")
-    return run(settings, args)
+    from evaluation.offpolicy import POLICY_NAMES, render_markdown, run_bandits
+
+    torch.set_num_threads(1)
+    _logging("info")
+    policies = args.policies.split(",") if args.policies else list(POLICY_NAMES)
+    seeds = range(args.seeds)
+    report = run_bandits(args.out, rounds=args.rounds, seeds=seeds, movielens=args.movielens,
+                         policies=policies, ips=not args.no_ips)
+    print(render_markdown(report))
+    print(f"report written to {args.out}")
+    return 0
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from workers.replay import run
+def cmd_finetune_encoder(args: argparse.Namespace) -> int:
+    from workers.pretrain import run_finetune
 
     settings = settings_from(args)
     _logging(settings.log_level)
-    return run(settings, args)
+    return run_finetune(settings, args)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from workers.pretrain import run_pretrain
+
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    return run_pretrain(settings, args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -208,14 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("produce", help="send a log (JSONL, CSV, MovieLens) as interactions")
     p.add_argument("file")
-    p.add_argument("--items", help="an items file or folder (e.g. MovieLens movies.csv) to send first")
+    p.add_argument("--items",
+                   help="an items file or folder (e.g. MovieLens movies.csv) to send first")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("tail", help="print recommendations (or another topic) as they arrive")
     p.add_argument("--topic", default="recommendations", help="topic name without the prefix")
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--idle", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
+    p.add_argument("--idle", type=float, default=0.0,
+                   help="stop after this many idle seconds (0: never)")
     p.add_argument("--max", type=int, default=None)
     _add_settings_flags(p)
     p.set_defaults(func=cmd_tail)
@@ -244,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="offline evaluation through the serving code path")
     p.add_argument("log")
-    p.add_argument("--protocol", default="few-shot", choices=["prequential", "few-shot", "new-items"])
+    p.add_argument("--protocol", default="few-shot",
+                   choices=["prequential", "few-shot", "new-items"])
     p.add_argument("--models", default=None, help="comma-separated; default: all")
     p.add_argument("--out", default="reports/replay")
     p.add_argument("--steps", type=int, default=None)
@@ -256,8 +277,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | kafka")
-    p.add_argument("what", nargs="?", default="pipeline", choices=["adapt", "pipeline", "kafka"])
+    p = sub.add_parser("bandits", help="offline evaluation of exploration policies "
+                       "(Li et al. replay on simulated arms and MovieLens; IPS on Kindling's log)")
+    p.add_argument("--out", default="reports/bandits")
+    p.add_argument("--rounds", type=int, default=20000, help="simulated logged rounds")
+    p.add_argument("--seeds", type=int, default=3, help="policy seeds per policy")
+    p.add_argument("--movielens", default=None, help="an ml-latest-small directory")
+    p.add_argument("--policies", default=None, help="comma-separated; default: all")
+    p.add_argument("--no-ips", action="store_true")
+    p.set_defaults(func=cmd_bandits)
+
+    p = sub.add_parser("pretrain", help="pretrain the item tower (autoencoder / InfoNCE), "
+                       "then meta-train; compares with the default initialiser")
+    p.add_argument("log", nargs="?", help="interaction log (omit with --synthetic)")
+    p.add_argument("--synthetic", action="store_true")
+    p.add_argument("--items", default=None, help="item file (default: beside the log)")
+    p.add_argument("--method", default="both", choices=["autoencoder", "infonce", "both"])
+    p.add_argument("--objective", default="softmax", choices=["bce", "bpr", "softmax", "mse"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--infonce-steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300, help="meta-training steps")
+    p.add_argument("--save", action="store_true", help="write the next model version")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune-encoder",
+                       help="fine-tune the text encoder's last layer on co-interactions")
+    p.add_argument("log", help="interaction log (training events only: no leakage)")
+    p.add_argument("--items", default=None, help="item file (default: beside the log)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", required=True, help="model folder to write")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_finetune_encoder)
+
+    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | encode | kafka")
+    p.add_argument("what", nargs="?", default="pipeline",
+                   choices=["adapt", "pipeline", "encode", "kafka"])
+    p.add_argument("--items", default=None,
+                   help="encode: an item file (default: MovieLens movies.csv when present)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
@@ -266,6 +323,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("fuzz", help="fuzz decode -> apply -> rank -> encode in process")
+    p.add_argument("--cases", type=int, default=100_000)
+    p.add_argument("--throughput-events", type=int, default=20_000,
+                   help="good events for the clean vs mixed throughput check (0: skip)")
+    p.add_argument("--bad-ratio", type=float, default=0.1, help="share of bad events mixed in")
+    p.add_argument("--repeats", type=int, default=3, help="throughput runs per mode (best kept)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_fuzz)
+
+    p = sub.add_parser("chaos", help="embedded broker + worker, SIGKILLed K times; check state")
+    p.add_argument("--events", type=int, default=3000)
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--users", type=int, default=150)
+    p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_chaos)
+
+    from workers.transfer import add_parser as add_transfer
+
+    add_transfer(sub, _add_settings_flags)
     return parser
 
 

@@ -43,15 +43,18 @@ def run_demo(args: argparse.Namespace) -> int:
     warm, new = _split_new_users(data.events)
     with tempfile.TemporaryDirectory(prefix="kindling-demo-") as tmp, EmbeddedBroker() as broker:
         settings = Settings(
-            broker=broker.url, data_dir=str(Path(tmp) / "data"), partitions=2, app_id="kindling-demo",
+            broker=broker.url, data_dir=str(Path(tmp) / "data"), partitions=2,
+            app_id="kindling-demo",
             session_timeout_s=6, rebalance_timeout_s=6, max_poll_interval_s=6, seed=args.seed,
             recovery_consistency_check=False,
         )
+        n_new_users = len({e.user_id for e in new})
         say(f"[demo] broker {broker.bootstrap} (tansu, memory); {len(data.items)} items, "
-            f"{len(warm)} warm events, {len(new)} events from {len({e.user_id for e in new})} new users")
+            f"{len(warm)} warm events, {len(new)} events from {n_new_users} new users")
         catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
         catalog.upsert(data.items)
-        result = train_bundle(settings, warm, catalog, steps=150, profiles=data.profiles, seed=args.seed)
+        result = train_bundle(settings, warm, catalog, steps=150, profiles=data.profiles,
+                              seed=args.seed)
         path = save_bundle(result.bundle, settings.data_dir)
         say(f"[demo] meta-trained fomaml on warm users in {result.report.get('seconds', 0):.1f}s "
             f"-> {path.name}")

@@ -13,6 +13,7 @@ from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
 from engine.recommender import Recommender
 from engine.settings import Settings
+from engine.support import UserSupport
 from engine.trainer import train_bundle
 from evaluation.synthetic import SyntheticLog, generate
 from models.base import LearnerConfig
@@ -105,6 +106,75 @@ def test_duplicate_event_changes_no_state(log: SyntheticLog) -> None:
     # the replayed event re-sends the recommendation of the current state
     assert again[0].item_ids() == first[-1].item_ids()
     assert again[1].item_ids() == first[-1].item_ids()
+
+
+class CountingStore(dict):
+    """A support store that counts writes (a duplicate must still rewrite its record)."""
+
+    writes = 0
+
+    def __setitem__(self, key, value) -> None:
+        self.writes += 1
+        super().__setitem__(key, value)
+
+
+def test_offset_watermark_drops_redeliveries_beyond_id_memory(log: SyntheticLog) -> None:
+    rec = make(log)
+    remembered = rec.settings.support_capacity + rec.settings.dedup_window
+    events = events_for("u", [i.item_id for i in log.items][: remembered + 24])
+    supports = CountingStore()
+    for offset, e in enumerate(events):
+        snap = rec.apply(e, supports, offset=100 + offset)
+        assert not snap.duplicate and snap.watermark == (99 + offset if offset else -1)
+    applied = dict(supports)
+    support = UserSupport.from_bytes(supports["u"])
+    assert support.n_total == len(events) and support.last_offset == 100 + len(events) - 1
+    # a restart redelivers the whole backlog, more than the ids remember: nothing applied twice
+    writes = supports.writes
+    for offset, e in enumerate(events):
+        assert rec.apply(e, supports, offset=100 + offset).duplicate
+    assert supports == applied
+    assert supports.writes == writes + len(events)  # the record is still rewritten (repairs)
+    # without offsets (replay) only ids de-duplicate: the oldest event would count again
+    assert not rec.apply(events[0], dict(applied)).duplicate
+
+
+def test_same_event_id_at_a_higher_offset_is_a_duplicate(log: SyntheticLog) -> None:
+    rec = make(log)
+    supports: dict[str, bytes] = {}
+    first, second = events_for("u", cluster_items(log, 2)[:2])
+    rec.apply(first, supports, offset=5)
+    rec.apply(second, supports, offset=6)
+    before = UserSupport.from_bytes(supports["u"])
+    # the producer sent ``first`` again: a new offset, an old id
+    snap = rec.apply(first, supports, offset=9)
+    after = UserSupport.from_bytes(supports["u"])
+    assert snap.duplicate and after.n_total == before.n_total == 2
+    assert after.item_ids() == before.item_ids()
+    assert after.last_offset == 9  # the offset is processed, so the watermark moves on
+    # a new event at a higher offset is applied and moves the watermark
+    third = Interaction("u-new", "u", cluster_items(log, 2)[2], "click", 1.0, 200.0)
+    snap = rec.apply(third, supports, offset=12)
+    after = UserSupport.from_bytes(supports["u"])
+    assert not snap.duplicate and snap.watermark == 9
+    assert after.n_total == 3 and after.last_offset == 12 and after.item_ids()[-1] == third.item_id
+    # a redelivery below the watermark, even of an event the ids never saw, is dropped
+    unseen = Interaction("u-unseen", "u", cluster_items(log, 2)[3], "click", 1.0, 300.0)
+    stored = supports["u"]
+    assert rec.apply(unseen, supports, offset=11).duplicate and supports["u"] == stored
+
+
+def test_no_offset_leaves_the_watermark_alone(log: SyntheticLog) -> None:
+    rec = make(log)
+    supports: dict[str, bytes] = {}
+    events = events_for("u", cluster_items(log, 1)[:3])
+    rec.apply(events[0], supports, offset=40)
+    rec.apply(events[1], supports)  # replay-style call between worker calls
+    assert UserSupport.from_bytes(supports["u"]).last_offset == 40
+    assert UserSupport.from_bytes(supports["u"]).n_total == 2
+    replayed: dict[str, bytes] = {}
+    rec.process(events, replayed)
+    assert UserSupport.from_bytes(replayed["u"]).last_offset == -1
 
 
 def test_independent_of_micro_batch_grouping(log: SyntheticLog) -> None:

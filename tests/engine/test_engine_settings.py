@@ -87,3 +87,17 @@ def test_replace_returns_new_settings() -> None:
     s = Settings()
     t = s.replace(top_k=1)
     assert t.top_k == 1 and s.top_k == 10
+
+
+def test_offset_dedup_switch_from_env_and_flag() -> None:
+    import argparse
+
+    from workers.cli import _add_settings_flags, settings_from
+
+    assert Settings.from_env({}).offset_dedup is True
+    assert Settings.from_env({"KINDLING_OFFSET_DEDUP": "false"}).offset_dedup is False
+    parser = argparse.ArgumentParser()
+    _add_settings_flags(parser)
+    # a string "false" must not reach the bool field (it would be truthy)
+    assert settings_from(parser.parse_args(["--offset-dedup", "false"])).offset_dedup is False
+    assert settings_from(parser.parse_args(["--offset-dedup", "on"])).offset_dedup is True

@@ -14,6 +14,8 @@ from schemas import Interaction, SchemaError
 DEFAULTS = Settings()
 CAP = DEFAULTS.support_capacity
 WINDOW = DEFAULTS.dedup_window
+HEADER = 11 + 8  # format 3: format, counts, Bloom size, then the int64 offset watermark
+EVENT = 23  # per event before its id: hash, kind, value, ts, 2-byte id length
 
 
 def ev(n: int, item: str | None = None, kind: str = "rate", value: float = 4.5) -> Interaction:
@@ -122,7 +124,7 @@ def test_empty_round_trip() -> None:
         lambda raw: raw[:5],  # truncated header
         lambda raw: raw[:30],  # truncated inside the events
         lambda raw: b"\x09" + raw[1:],  # unknown format
-        lambda raw: raw[:11] + raw[11:19] + b"\x77" + raw[20:],  # unknown kind code
+        lambda raw: raw[: HEADER + 8] + b"\x77" + raw[HEADER + 9 :],  # unknown kind code
     ],
 )
 def test_corrupt_bytes_raise_schema_error(corrupt) -> None:
@@ -133,7 +135,7 @@ def test_corrupt_bytes_raise_schema_error(corrupt) -> None:
 
 def test_bad_utf8_item_raises_schema_error() -> None:
     raw = bytearray(UserSupport.from_bytes(filled(1).to_bytes()).to_bytes())
-    raw[11 + 22] = 0xFF  # first byte of the first item id
+    raw[HEADER + EVENT] = 0xFF  # first byte of the first item id
     with pytest.raises(SchemaError):
         UserSupport.from_bytes(bytes(raw))
 
@@ -150,24 +152,60 @@ def test_truncated_bloom_is_corrupt() -> None:
         UserSupport.from_bytes(raw + b"\x00")  # trailing garbage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=struct.error,
-    reason="BUG engine/support.py: item ids over 255 UTF-8 bytes (allowed by the wire format, "
-    "MAX_ID_CHARS=256) overflow the 1-byte length field: struct.error in to_bytes",
-)
 def test_long_valid_item_id_encodes() -> None:
+    # 200 two-byte characters: 400 UTF-8 bytes, over format 1's 1-byte length field
     s = UserSupport()
     s.add(Interaction("e", "u", "é" * 200, "click"), CAP, WINDOW)
     assert UserSupport.from_bytes(s.to_bytes()).item_ids() == ["é" * 200]
+    longest = "\U0001f600" * 256  # the wire's longest id: 256 four-byte characters
+    s.add(Interaction("e2", "u", longest, "click"), CAP, WINDOW)
+    assert UserSupport.from_bytes(s.to_bytes()).item_ids()[-1] == longest
+
+
+def test_format_1_records_are_still_read() -> None:
+    # A changelog written before the length field was widened must still restore.
+    old_event = struct.Struct("<QBfdB")
+    item = b"i1"
+    raw = (struct.pack("<BIHHH", 1, 7, 1, 0, 0)
+           + old_event.pack(event_hash("e1"), 2, 4.5, 1000.0, len(item)) + item)
+    s = UserSupport.from_bytes(raw)
+    assert s.n_total == 7 and s.item_ids() == ["i1"] and s.events[0].kind == "rate"
+    assert s.seen_event(event_hash("e1"))
+    assert s.last_offset == -1  # no watermark known: every offset is new
+    back = UserSupport.from_bytes(s.to_bytes())  # rewritten as format 3
+    assert s.to_bytes()[0] == 3 and back.item_ids() == ["i1"] and back.last_offset == -1
+
+
+def test_format_2_records_are_still_read() -> None:
+    item = "é".encode()
+    raw = (struct.pack("<BIHHH", 2, 30, 1, 1, BLOOM_BYTES)
+           + struct.pack("<QBfdH", event_hash("e9"), 1, 1.0, 5.0, len(item)) + item
+           + struct.pack("<Q", event_hash("e3")) + bytes(range(BLOOM_BYTES)))
+    s = UserSupport.from_bytes(raw)
+    assert s.n_total == 30 and s.item_ids() == ["é"] and s.events[0].kind == "click"
+    assert s.evicted_ids == [event_hash("e3")] and s.bloom == bytearray(range(BLOOM_BYTES))
+    assert s.last_offset == -1
+    back = UserSupport.from_bytes(s.to_bytes())
+    assert (back.n_total, back.item_ids(), back.evicted_ids, back.bloom, back.last_offset) == (
+        30, ["é"], s.evicted_ids, s.bloom, -1)
+
+
+@pytest.mark.parametrize("last_offset", [-1, 0, 12345, 2**63 - 1])
+def test_offset_watermark_round_trip(last_offset: int) -> None:
+    s = filled(CAP + 3)
+    s.last_offset = last_offset
+    back = UserSupport.from_bytes(s.to_bytes())
+    assert back.last_offset == last_offset
+    assert back.item_ids() == s.item_ids() and back.evicted_ids == s.evicted_ids
+    assert back.to_bytes() == s.to_bytes()
 
 
 def test_twenty_events_are_compact() -> None:
-    # header 11 B + per event 22 B + id (6 B here) + 8 B per evicted id + Bloom
+    # header 19 B + per event 23 B + id (6 B here) + 8 B per evicted id + Bloom
     s = filled(CAP)
-    assert len(s.to_bytes()) == 11 + CAP * (22 + 6)
+    assert len(s.to_bytes()) == HEADER + CAP * (EVENT + 6)
     assert len(s.to_bytes()) < 1024
     s = filled(CAP + 50)  # steady state: full window of evicted ids and a Bloom
-    bound = 11 + CAP * (22 + 6) + 8 * WINDOW + BLOOM_BYTES
+    bound = HEADER + CAP * (EVENT + 6) + 8 * WINDOW + BLOOM_BYTES
     assert len(s.to_bytes()) == bound
     assert bound < 1024

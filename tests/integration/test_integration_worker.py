@@ -26,8 +26,10 @@ MALFORMED = [
     (b"not json at all", "not JSON"),
     (b'{"event_id": "m1", "user_id": "", "item_id": "i1", "kind": "click"}', "user_id"),
     (b'{"event_id": "m2", "user_id": "u1", "item_id": "i1", "kind": "like"}', "unknown kind"),
-    (b'{"event_id": "m3", "user_id": "u1", "item_id": "i1", "kind": "rate", "value": NaN}', "non-finite"),
-    (b'{"event_id": "m4", "user_id": "u1", "item_id": "i1", "kind": "rate", "value": 7}', "outside"),
+    (b'{"event_id": "m3", "user_id": "u1", "item_id": "i1", "kind": "rate", "value": NaN}',
+     "non-finite"),
+    (b'{"event_id": "m4", "user_id": "u1", "item_id": "i1", "kind": "rate", "value": 7}',
+     "outside"),
     (b'{"event_id": "m5", "user_id": 5.5, "item_id": "i1", "kind": "click"}', "must be a string"),
     (b"\xff\xfe\x00garbage", "not UTF-8"),
     (b'{"event_id": "m6", "user_id": "u1", "item_id": "i1", "kind": "click", "x": "'
@@ -53,7 +55,9 @@ def _trained(settings: Settings):
     return data, set(warm_users)
 
 
-def _stream(data, skip_users: set[str], n_users: int = 200, per_user: int = 25) -> list[Interaction]:
+def _stream(
+    data, skip_users: set[str], n_users: int = 200, per_user: int = 25
+) -> list[Interaction]:
     per: dict[str, list[Interaction]] = defaultdict(list)
     for e in data.events:
         if e.user_id not in skip_users and len(per[e.user_id]) < per_user:
@@ -83,7 +87,8 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
                 producer.send_raw(settings.topic("interactions"), b"u-bad", raw)
         recs = [json.loads(v) for _, v in consume(
             settings, settings.topic("recommendations"), idle_timeout_s=40, deadline_s=240)]
-        dead = [json.loads(v) for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
+        dead = [json.loads(v)
+                for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
@@ -147,6 +152,7 @@ def test_restart_recovers_support_sets_and_never_applies_an_event_twice(broker, 
     assert set(latest) == set(sent)
     for user, raw in latest.items():
         support = UserSupport.from_bytes(raw)
-        assert support.n_total == sent[user], f"{user}: {support.n_total} applied, {sent[user]} sent"
+        assert support.n_total == sent[user], (
+            f"{user}: {support.n_total} applied, {sent[user]} sent")
         assert len(support) == min(sent[user], settings.support_capacity)
     assert (Path(settings.data_dir) / "faust").is_dir()
