@@ -59,6 +59,7 @@ class RetrainOutcome:
     users: int = 0
     events: int = 0
     seconds: float = 0.0
+    finished_at: float = 0.0  # Unix time
     report: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -189,6 +190,7 @@ def retrain_from_snapshot(
 
 def _record(settings: Settings, outcome: RetrainOutcome, started: float) -> RetrainOutcome:
     outcome.seconds = time.perf_counter() - started
+    outcome.finished_at = time.time()
     path = Path(settings.data_dir) / OUTCOMES
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:

@@ -142,6 +142,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _logging(settings.log_level)
     torch.set_num_threads(max(1, args.threads))
+    # Lower CPU priority than the worker that started us: on a small machine back-to-back
+    # rounds otherwise starve serving (seen on 2 cores: the stream fell minutes behind).
+    os.nice(args.nice)
     outcome = retrain_from_snapshot(settings, args.snapshot)
     print(outcome.to_json(), flush=True)
     return 0
@@ -259,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="train on a worker snapshot; promote only if not worse")
     p.add_argument("snapshot", help="a snapshot directory written by the worker's retrain timer")
     p.add_argument("--threads", type=int, default=1, help="torch threads (leave cores to serving)")
+    p.add_argument("--nice", type=int, default=10, help="CPU niceness increment (0: none)")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_retrain)
 
