@@ -107,16 +107,16 @@ class KafkaRunner:
 
     def _serve_on(self, broker_url: str, events: Sequence[Interaction]) -> dict[str, list[str]]:
         from engine.trainer import save_bundle
+        from streams.broker import embedded_worker_settings
         from streams.kafka import EventProducer, consume
         from streams.topics import ensure_topics
         from workers.process import WorkerProcess
 
         run = uuid.uuid4().hex[:8]
-        settings = self.inner.settings.replace(
-            broker=broker_url, data_dir=str(self.workdir / run), app_id=f"replay-{run}",
-            topic_prefix=f"replay-{run}.", model_dir="", retrain_interval_s=0.0,
-            recovery_consistency_check=False, session_timeout_s=6.0, rebalance_timeout_s=6.0,
-            max_poll_interval_s=6.0,
+        settings = embedded_worker_settings(
+            broker_url, self.inner.settings, data_dir=str(self.workdir / run),
+            app_id=f"replay-{run}", topic_prefix=f"replay-{run}.", model_dir="",
+            retrain_interval_s=0.0,
         )
         save_bundle(self.inner.rec.bundle, settings.data_dir)
         ensure_topics(settings)

@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from engine.settings import Settings
 from streams.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,27 @@ def wait_until_answers(host: str, port: int, timeout: float = 20.0) -> None:
             last = exc
             time.sleep(0.2)
     raise BrokerError(f"broker at {host}:{port} did not answer within {timeout}s: {last}")
+
+
+#: What a worker needs on the embedded broker. Short group timeouts: a (re)joining consumer waits
+#: up to the rebalance timeout in JoinGroup on Tansu. No recovery consistency check: Tansu reports
+#: a high watermark inside the last record batch, so a persisted changelog offset looks "ahead".
+EMBEDDED_WORKER_SETTINGS: dict[str, Any] = {
+    "session_timeout_s": 6.0,
+    "rebalance_timeout_s": 6.0,
+    "max_poll_interval_s": 6.0,
+    "recovery_consistency_check": False,
+}
+
+
+def embedded_worker_settings(
+    broker_url: str, base: Settings | None = None, **changes: Any
+) -> Settings:
+    """``base`` (default: the defaults) pointed at an embedded broker, with
+    :data:`EMBEDDED_WORKER_SETTINGS` and then ``changes`` applied."""
+    return (base or Settings()).replace(
+        broker=broker_url, **{**EMBEDDED_WORKER_SETTINGS, **changes}
+    )
 
 
 class EmbeddedBroker:

@@ -57,7 +57,7 @@ def bench_kafka(
     from engine.features import HashingFeaturizer
     from engine.trainer import save_bundle, train_bundle
     from evaluation.synthetic import generate
-    from streams.broker import EmbeddedBroker
+    from streams.broker import EmbeddedBroker, embedded_worker_settings
     from streams.kafka import EventProducer
     from streams.topics import client_config, ensure_topics
     from workers.process import WorkerProcess
@@ -70,11 +70,9 @@ def bench_kafka(
     workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
     run = uuid.uuid4().hex[:6]
     with EmbeddedBroker() as broker:
-        s = settings.replace(
-            broker=broker.url, data_dir=str(workdir / "data"), app_id=f"bench-{run}",
-            topic_prefix=f"bench-{run}.", recovery_consistency_check=False, model_dir="",
-            session_timeout_s=6.0, rebalance_timeout_s=6.0, max_poll_interval_s=6.0,
-            retrain_interval_s=0.0,
+        s = embedded_worker_settings(
+            broker.url, settings, data_dir=str(workdir / "data"), app_id=f"bench-{run}",
+            topic_prefix=f"bench-{run}.", model_dir="", retrain_interval_s=0.0,
         )
         save_bundle(train_bundle(s, events[:cut], catalog, steps=100).bundle, s.data_dir)
         ensure_topics(s)

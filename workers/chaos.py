@@ -34,6 +34,7 @@ from engine.settings import Settings
 from engine.support import UserSupport, event_hash
 from evaluation.synthetic import generate
 from schemas import Interaction
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import client_config, ensure_topics
 from workers.process import WorkerProcess
@@ -118,11 +119,9 @@ def _spread(values: list[float]) -> dict[str, float] | None:
 def chaos_settings(broker_url: str, workdir: Path, base: Settings | None = None) -> Settings:
     """Fresh topics and group per run; short timeouts so a restarted worker rejoins quickly."""
     tag = uuid.uuid4().hex[:6]
-    base = base or Settings()
-    return base.replace(
-        broker=broker_url, data_dir=str(workdir / "data"), app_id=f"chaos-{tag}",
-        topic_prefix=f"chaos-{tag}.", session_timeout_s=6, rebalance_timeout_s=6,
-        max_poll_interval_s=6, recovery_consistency_check=False, torch_threads=1,
+    return embedded_worker_settings(
+        broker_url, base, data_dir=str(workdir / "data"), app_id=f"chaos-{tag}",
+        topic_prefix=f"chaos-{tag}.", torch_threads=1,
     )
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
-from engine.settings import Settings
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
 from schemas import User
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -42,11 +41,9 @@ def run_demo(args: argparse.Namespace) -> int:
     data = generate(n_users=args.users, n_items=args.items_count, seed=args.seed)
     warm, new = _split_new_users(data.events)
     with tempfile.TemporaryDirectory(prefix="kindling-demo-") as tmp, EmbeddedBroker() as broker:
-        settings = Settings(
-            broker=broker.url, data_dir=str(Path(tmp) / "data"), partitions=2,
-            app_id="kindling-demo",
-            session_timeout_s=6, rebalance_timeout_s=6, max_poll_interval_s=6, seed=args.seed,
-            recovery_consistency_check=False,
+        settings = embedded_worker_settings(
+            broker.url, data_dir=str(Path(tmp) / "data"), partitions=2, app_id="kindling-demo",
+            seed=args.seed,
         )
         n_new_users = len({e.user_id for e in new})
         say(f"[demo] broker {broker.bootstrap} (tansu, memory); {len(data.items)} items, "

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine.exploration import UserStats, decode_item_stats, item_key, stats_partition
-from engine.settings import Settings
 from evaluation.synthetic import generate
 from schemas import Interaction
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -22,10 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_explore_slots_and_their_statistics_flow_through_the_worker(broker, tmp_path: Path):
-    settings = Settings(
-        broker=broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-bandits",
-        topic_prefix=f"it-bandits-{uuid.uuid4().hex[:6]}.", session_timeout_s=6,
-        rebalance_timeout_s=6, max_poll_interval_s=6, recovery_consistency_check=False,
+    settings = embedded_worker_settings(
+        broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-bandits",
+        topic_prefix=f"it-bandits-{uuid.uuid4().hex[:6]}.",
         policy="thompson", explore_slots=3, explore_epsilon=1.0, explore_decay=20.0,
     )
     data = generate(n_users=60, n_items=120, events_per_user=(10, 12), seed=5)

@@ -16,6 +16,7 @@ import pytest
 
 from engine.settings import Settings
 from schemas import Interaction, Item
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -53,10 +54,9 @@ def _wait_cached(settings: Settings, key: bytes, count: int, timeout: float = 60
 
 
 def test_new_item_is_recommended_after_one_matching_event(broker, tmp_path: Path) -> None:
-    settings = Settings(
-        broker=broker.url, data_dir=str(tmp_path / "data"), partitions=2, app_id="it-newitems",
-        topic_prefix=f"it-newitems-{uuid.uuid4().hex[:6]}.", session_timeout_s=6,
-        rebalance_timeout_s=6, max_poll_interval_s=6, recovery_consistency_check=False,
+    settings = embedded_worker_settings(
+        broker.url, data_dir=str(tmp_path / "data"), partitions=2, app_id="it-newitems",
+        topic_prefix=f"it-newitems-{uuid.uuid4().hex[:6]}.",
         encoder="minilm", top_k=3, torch_threads=1,
     )
     ensure_topics(settings)

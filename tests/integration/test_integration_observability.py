@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.settings import Settings
 from evaluation.synthetic import generate
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -62,10 +62,9 @@ def _wait_healthy(port: int, timeout: float = 60) -> dict:
 
 def test_metrics_and_health_move_with_traffic(broker, tmp_path: Path) -> None:
     port = _free_port()
-    settings = Settings(
-        broker=broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-obs",
-        topic_prefix=f"it-obs-{uuid.uuid4().hex[:6]}.", session_timeout_s=6,
-        rebalance_timeout_s=6, max_poll_interval_s=6, recovery_consistency_check=False,
+    settings = embedded_worker_settings(
+        broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-obs",
+        topic_prefix=f"it-obs-{uuid.uuid4().hex[:6]}.",
         metrics_port=port, metrics_host="127.0.0.1", log_format="json", torch_threads=1,
     )
     data = generate(n_users=40, n_items=80, events_per_user=(5, 8), seed=5)

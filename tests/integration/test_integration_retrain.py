@@ -15,9 +15,9 @@ from engine.bundle import latest_version
 from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
 from engine.retrain import read_outcomes
-from engine.settings import Settings
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -36,10 +36,9 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: Path):
-    settings = Settings(
-        broker=broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-retrain",
-        topic_prefix=f"it-retrain-{uuid.uuid4().hex[:6]}.", session_timeout_s=6,
-        rebalance_timeout_s=6, max_poll_interval_s=6, recovery_consistency_check=False,
+    settings = embedded_worker_settings(
+        broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-retrain",
+        topic_prefix=f"it-retrain-{uuid.uuid4().hex[:6]}.",
         retrain_interval_s=3.0, retrain_min_users=30, retrain_steps=0,
     )
     data = generate(n_users=220, n_items=250, events_per_user=(20, 30), seed=5)

@@ -16,6 +16,7 @@ from engine.support import UserSupport
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
 from schemas import Interaction
+from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
 from workers.process import WorkerProcess
@@ -38,10 +39,9 @@ MALFORMED = [
 
 
 def _settings(broker, tmp_path: Path, name: str) -> Settings:
-    return Settings(
-        broker=broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id=f"it-{name}",
-        topic_prefix=f"it-{name}-{uuid.uuid4().hex[:6]}.", session_timeout_s=6,
-        rebalance_timeout_s=6, max_poll_interval_s=6, recovery_consistency_check=False,
+    return embedded_worker_settings(
+        broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id=f"it-{name}",
+        topic_prefix=f"it-{name}-{uuid.uuid4().hex[:6]}.",
     )
 
 
