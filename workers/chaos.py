@@ -222,8 +222,13 @@ class _Producer(threading.Thread):
 
 def run_chaos(settings: Settings, n_events: int, kills: int, *, n_users: int = 150,
               seed: int = 0, rate: float | None = None, log_path: Path | None = None,
-              settle_s: float = 20.0, deadline_s: float = 600.0) -> ChaosReport:
-    """Produce ``n_events`` while killing and restarting the worker ``kills`` times; audit."""
+              settle_s: float = 60.0, deadline_s: float = 900.0) -> ChaosReport:
+    """Produce ``n_events`` while killing and restarting the worker ``kills`` times; audit.
+
+    The audit starts once every event has a recommendation, or no new one arrived for
+    ``settle_s`` (longer than a restart's recovery, which took up to 26 s on a loaded machine:
+    a shorter wait audited a worker that was still recovering and counted its backlog as lost),
+    or after ``deadline_s``."""
     rng = random.Random(seed)
     started = time.monotonic()
     items, events = stream_of(n_events, n_users, seed)

@@ -46,15 +46,21 @@ def test_snapshot_round_trips_through_the_wire_schemas(tmp_path, data):
     assert n_users == 30 and len(events) == n_events == 30 * settings.support_capacity
     assert {e.user_id for e in events} == set(users)
     assert len(items) == len(data.items)
-    # Support sets keep the most recent events, in order, with kind/value/ts intact.
+    # Support sets keep the most recent events, in order, with kind/value intact and timestamps
+    # as precise as the support codec keeps them (float32 offsets from the newest event).
     last = {}
     for e in data.events:
         if e.user_id == users[0]:
             last.setdefault(e.user_id, []).append(e)
     want = sorted(last[users[0]], key=lambda e: (e.ts, e.event_id))[-settings.support_capacity:]
     got = [e for e in events if e.user_id == users[0]]
-    assert [(e.item_id, e.kind, e.value, e.ts) for e in got] == [
-        (e.item_id, e.kind, e.value, e.ts) for e in want
+    assert [(e.item_id, e.kind, e.value) for e in got] == [
+        (e.item_id, e.kind, e.value) for e in want
+    ]
+    newest = want[-1].ts
+    assert got[-1].ts == newest
+    assert [e.ts for e in got] == [
+        pytest.approx(e.ts, abs=(newest - e.ts) * 2**-23 + 1e-9) for e in want
     ]
     assert set(profiles) <= set(users)
 

@@ -14,8 +14,10 @@ from schemas import Interaction, SchemaError
 DEFAULTS = Settings()
 CAP = DEFAULTS.support_capacity
 WINDOW = DEFAULTS.dedup_window
-HEADER = 11 + 8  # format 3: format, counts, Bloom size, then the int64 offset watermark
-EVENT = 23  # per event before its id: hash, kind, value, ts, 2-byte id length
+# format 4: format byte + varints (n_total, n_events, n_evicted, Bloom size, offset + 1)
+HEADER_SMALL = 6  # every varint one byte (counts < 128, no offset)
+NEWEST_TS = 8  # the newest event's timestamp (float64), when there are events
+EVENT_FIXED = 17  # per event: hash, kind, value, ts offset (float32); then id length, id
 
 
 def ev(n: int, item: str | None = None, kind: str = "rate", value: float = 4.5) -> Interaction:
@@ -121,10 +123,12 @@ def test_empty_round_trip() -> None:
 @pytest.mark.parametrize(
     "corrupt",
     [
-        lambda raw: raw[:5],  # truncated header
+        lambda raw: raw[:3],  # truncated header
         lambda raw: raw[:30],  # truncated inside the events
         lambda raw: b"\x09" + raw[1:],  # unknown format
-        lambda raw: raw[: HEADER + 8] + b"\x77" + raw[HEADER + 9 :],  # unknown kind code
+        # columns: newest ts, 5 hashes, then 5 kinds: the first kind code made unknown
+        lambda raw: raw[: HEADER_SMALL + 48] + b"\x77" + raw[HEADER_SMALL + 49 :],
+        lambda raw: raw[:HEADER_SMALL] + b"\xff" * 12,  # an event cut short by garbage
     ],
 )
 def test_corrupt_bytes_raise_schema_error(corrupt) -> None:
@@ -133,9 +137,15 @@ def test_corrupt_bytes_raise_schema_error(corrupt) -> None:
         UserSupport.from_bytes(corrupt(raw))
 
 
+def test_endless_varint_is_corrupt() -> None:
+    with pytest.raises(SchemaError):
+        UserSupport.from_bytes(b"\x04" + b"\xff" * 40 + b"\x01")
+
+
 def test_bad_utf8_item_raises_schema_error() -> None:
     raw = bytearray(UserSupport.from_bytes(filled(1).to_bytes()).to_bytes())
-    raw[HEADER + EVENT] = 0xFF  # first byte of the first item id
+    # one event: newest ts, fixed columns, id length (1 byte)
+    raw[HEADER_SMALL + NEWEST_TS + EVENT_FIXED + 1] = 0xFF  # first byte of the item id
     with pytest.raises(SchemaError):
         UserSupport.from_bytes(bytes(raw))
 
@@ -172,8 +182,8 @@ def test_format_1_records_are_still_read() -> None:
     assert s.n_total == 7 and s.item_ids() == ["i1"] and s.events[0].kind == "rate"
     assert s.seen_event(event_hash("e1"))
     assert s.last_offset == -1  # no watermark known: every offset is new
-    back = UserSupport.from_bytes(s.to_bytes())  # rewritten as format 3
-    assert s.to_bytes()[0] == 3 and back.item_ids() == ["i1"] and back.last_offset == -1
+    back = UserSupport.from_bytes(s.to_bytes())  # rewritten as format 4
+    assert s.to_bytes()[0] == 4 and back.item_ids() == ["i1"] and back.last_offset == -1
 
 
 def test_format_2_records_are_still_read() -> None:
@@ -200,12 +210,45 @@ def test_offset_watermark_round_trip(last_offset: int) -> None:
     assert back.to_bytes() == s.to_bytes()
 
 
+def test_format_3_records_are_still_read() -> None:
+    item = b"i00007"
+    raw = (struct.pack("<BIHHH", 3, 21, 1, 1, 0) + struct.pack("<q", 4242)
+           + struct.pack("<QBfdH", event_hash("e7"), 2, 3.5, 1.6e9 + 0.25, len(item)) + item
+           + struct.pack("<Q", event_hash("e1")))
+    s = UserSupport.from_bytes(raw)
+    assert (s.n_total, s.item_ids(), s.last_offset) == (21, ["i00007"], 4242)
+    assert s.events[0].ts == 1.6e9 + 0.25 and s.evicted_ids == [event_hash("e1")]
+    back = UserSupport.from_bytes(s.to_bytes())
+    assert back.to_bytes()[0] == 4 and back.events[0].ts == 1.6e9 + 0.25  # newest: exact
+    assert (back.n_total, back.item_ids(), back.last_offset, back.evicted_ids) == (
+        21, ["i00007"], 4242, s.evicted_ids)
+
+
+@pytest.mark.parametrize("ts", [0.0, -86400.5, 1.7e9 + 0.001, 4.1e9, 1e15])
+def test_newest_timestamp_is_exact_older_ones_close(ts: float) -> None:
+    s = UserSupport()
+    older = [ts - 86400.0 * 365, ts - 3600.0004, ts + 60.25]  # out of order is allowed
+    for n, t in enumerate([*older, ts]):
+        s.add(Interaction(f"e{n}", "u", f"i{n}", "click", 1.0, t), CAP, WINDOW)
+    back = [e.ts for e in UserSupport.from_bytes(s.to_bytes())]
+    assert back[-1] == ts
+    # float32 offsets from the newest: relative precision 2**-24 of the offset
+    for got, want in zip(back[:-1], older, strict=True):
+        assert abs(got - want) <= abs(ts - want) * 2**-23, (got, want)
+
+
+def test_codec_is_stable_once_written() -> None:
+    s = filled(CAP + 5)
+    once = UserSupport.from_bytes(s.to_bytes())
+    assert UserSupport.from_bytes(once.to_bytes()).to_bytes() == once.to_bytes()
+
+
 def test_twenty_events_are_compact() -> None:
-    # header 19 B + per event 23 B + id (6 B here) + 8 B per evicted id + Bloom
+    per_event = EVENT_FIXED + 1 + 6  # + id length + 6-byte id
     s = filled(CAP)
-    assert len(s.to_bytes()) == HEADER + CAP * (EVENT + 6)
-    assert len(s.to_bytes()) < 1024
+    assert len(s.to_bytes()) == HEADER_SMALL + NEWEST_TS + CAP * per_event
     s = filled(CAP + 50)  # steady state: full window of evicted ids and a Bloom
-    bound = HEADER + CAP * (EVENT + 6) + 8 * WINDOW + BLOOM_BYTES
+    # n_total (70) needs 1 varint byte, the Bloom size (128) 2
+    bound = HEADER_SMALL + 1 + NEWEST_TS + CAP * per_event + 8 * WINDOW + BLOOM_BYTES
     assert len(s.to_bytes()) == bound
-    assert bound < 1024
+    assert bound < 0.9 * (19 + CAP * 29 + 8 * WINDOW + BLOOM_BYTES)  # format 3: 855 bytes
