@@ -137,6 +137,11 @@ class EmbeddedBroker:
         except OSError:
             return ""
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id (CPU accounting in benchmarks); None when not started."""
+        return self._proc.pid if self._proc is not None else None
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -7,6 +7,10 @@ Two runs on one worker (trained model, adaptation on, a synthetic log with plant
 * **latency at a paced rate**: produce at ``rate`` events/s; per event, latency is the
   recommendation's ``produced_at`` minus the send time (same host clock), p50/p99 reported.
 
+CPU split: the machine's cores are shared by the worker, the broker and this load generator, so
+the throughput run also reports each one's CPU seconds (``/proc/<pid>/stat``) and the worker's
+events per CPU-second, which is what one worker process would do with a core to itself.
+
 Bytes per user: the mean support-set record (what a table value holds) and the RocksDB files of
 the supports table on disk divided by the users in it, after the worker stopped.
 """
@@ -88,8 +92,12 @@ def bench_kafka(
                     producer.item(item)
                 producer.flush()
                 time.sleep(2.0)  # let the items agent load the catalog first
-                result = {"throughput": _throughput(s, producer, fast, consumer, _drain),
-                          "paced": _paced(s, producer, paced, rate, consumer, _drain)}
+                pids = {"worker": worker.proc.pid, "broker": broker.pid}
+                before = _cpu_seconds(pids)
+                result = {"throughput": _throughput(s, producer, fast, consumer, _drain)}
+                after = _cpu_seconds(pids)
+                result["cpu"] = {f"{k}_cpu_s": after[k] - before[k] for k in after}
+                result["paced"] = _paced(s, producer, paced, rate, consumer, _drain)
         finally:
             consumer.close()
             worker.stop()
@@ -105,12 +113,29 @@ def bench_kafka(
         "p50_ms": p["p50_ms"],
         "p99_ms": p["p99_ms"],
         "paced_events": p["events"],
+        **result["cpu"],
+        "events_per_worker_cpu_s": t["events"] / max(result["cpu"]["worker_cpu_s"], 1e-9),
         **result["bytes_per_user"],
         "learner": settings.learner,
         "inner_steps": settings.inner_steps,
         "catalog_items": len(data.items),
         "batch_max": settings.batch_max,
     }
+
+
+def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """User + system CPU seconds of each process (all its threads) and of this one."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"load_generator": sum(os.times()[:2])}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            out[name] = float("nan")
+    return out
 
 
 def _throughput(s: Settings, producer: Any, events: Sequence[Interaction], consumer: Any,
