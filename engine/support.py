@@ -41,6 +41,7 @@ _HEADER = struct.Struct("<BIHHH")  # formats 1-3: format, n_total, n_events, n_e
 _EVENT = struct.Struct("<QBfdH")  # formats 2-3: event hash, kind, value, ts, len(item_id)
 _EVENT_BY_FORMAT = {1: struct.Struct("<QBfdB"), 2: _EVENT, 3: _EVENT}
 _OFFSET = struct.Struct("<q")  # last_offset, format 3
+_F32_MAX = 3.4028234663852886e38  # the largest finite float32
 MAX_ITEM_ID_BYTES = 0xFFFF
 BLOOM_BYTES = 128
 BLOOM_HASHES = 3
@@ -162,10 +163,13 @@ class UserSupport:
                  _varint(self.last_offset + 1)]
         if n:
             newest = events[-1].ts
+            offsets = [newest - e.ts for e in events]
+            if max(offsets) > _F32_MAX or min(offsets) < -_F32_MAX:
+                # absurd but finite wire timestamps (1e300 next to 1.7e9): saturate, not crash
+                offsets = [min(max(o, -_F32_MAX), _F32_MAX) for o in offsets]
             parts.append(struct.pack(
                 f"<d{n}Q{n}B{n}f{n}f", newest, *[e.event_hash for e in events],
-                *[_KIND_CODES[e.kind] for e in events], *[e.value for e in events],
-                *[newest - e.ts for e in events]))
+                *[_KIND_CODES[e.kind] for e in events], *[e.value for e in events], *offsets))
             # one byte per length while every id is under 128 bytes (the usual case)
             parts.append(bytes(lengths) if longest < 0x80 else b"".join(map(_varint, lengths)))
             parts.extend(ids)

@@ -237,6 +237,17 @@ def test_newest_timestamp_is_exact_older_ones_close(ts: float) -> None:
         assert abs(got - want) <= abs(ts - want) * 2**-23, (got, want)
 
 
+def test_absurd_timestamp_spread_saturates_instead_of_crashing() -> None:
+    # found by `kindling fuzz`: ts 1e300 beside 1.6e9 overflowed the float32 offset
+    s = UserSupport()
+    s.add(Interaction("a", "u", "i", "click", 1.0, 1.6e9), CAP, WINDOW)
+    s.add(Interaction("b", "u", "j", "click", 1.0, 1e300), CAP, WINDOW)
+    back = UserSupport.from_bytes(s.to_bytes())
+    assert back.events[-1].ts == 1e300 and back.item_ids() == ["i", "j"]
+    s.add(Interaction("c", "u", "k", "click", 1.0, 5.0), CAP, WINDOW)  # and the other way
+    assert UserSupport.from_bytes(s.to_bytes()).events[1].ts == 5.0 + 3.4028234663852886e38
+
+
 def test_codec_is_stable_once_written() -> None:
     s = filled(CAP + 5)
     once = UserSupport.from_bytes(s.to_bytes())
