@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -240,22 +241,27 @@ def _id(doc: dict[str, Any], name: str) -> str:
         raise SchemaError("must not be empty", name)
     if len(text) > MAX_ID_CHARS:
         raise SchemaError(f"longer than {MAX_ID_CHARS} characters", name)
-    if any(ord(c) < 32 for c in text):
+    if _CONTROL.search(text):
         raise SchemaError("contains control characters", name)
     _check_unicode(text, name)
     return text
+
+
+# Compiled character classes: these checks run on every id of every event (a per-character
+# Python loop cost ~10 us per interaction).
+_CONTROL = re.compile("[\x00-\x1f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_unicode(text: str, name: str) -> None:
     """Reject lone surrogates: ``json.loads`` turns a ``"\\ud800"`` escape into one, it passes
     every other check, then crashes the first UTF-8 encode downstream (event hashes, the
     support-set codec, the recommendation's own encoding)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    found = _SURROGATE.search(text)
+    if found:
         raise SchemaError(
-            f"contains a lone surrogate U+{ord(text[exc.start]):04X} (an invalid \\u escape)", name
-        ) from None
+            f"contains a lone surrogate U+{ord(found.group()):04X} (an invalid \\u escape)", name
+        )
 
 
 def _text(doc: dict[str, Any], name: str, default: str = "") -> str:
@@ -390,4 +396,33 @@ def decode_recommendation(raw: bytes | str | None) -> Recommendation:
 
 def encode(record: Interaction | Item | User | Recommendation | DeadLetter) -> bytes:
     """Serialise a record to compact UTF-8 JSON (never NaN: the records are validated)."""
+    if type(record) is Recommendation:
+        fast = _encode_recommendation(record)
+        if fast is not None:
+            return fast
     return json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (C)
+
+
+def _encode_recommendation(rec: Recommendation) -> bytes | None:
+    """The bytes ``json.dumps(rec.to_dict(), separators=(",", ":"))`` gives, built directly: a
+    recommendation is encoded for every event and the generic path (a dict per item, then the
+    encoder) took ~23 us of them. None (use the generic path) for a non-finite number; a test
+    checks both paths agree on random records."""
+    parts = []
+    isfinite = math.isfinite
+    for i in rec.items:
+        score, propensity = round(i.score, 6), round(i.propensity, 6)
+        if not (isfinite(score) and isfinite(propensity)):
+            return None
+        parts.append(f'{{"item_id":{_json_str(i.item_id)},"score":{score!r},'
+                     f'"why":{_json_str(i.why)},"propensity":{propensity!r}}}')
+    if not isfinite(rec.produced_at):
+        return None
+    domain = ""
+    return (f'{{"v":{SCHEMA_VERSION},"user_id":{_json_str(rec.user_id)},'
+            f'"items":[{",".join(parts)}],"model_version":{_json_str(rec.model_version)},'
+            f'"source_event_id":{_json_str(rec.source_event_id)},'
+            f'"produced_at":{rec.produced_at!r}{domain}}}').encode()
