@@ -25,6 +25,7 @@ from engine.features import HashingFeaturizer
 from engine.settings import Settings
 from engine.support import UserSupport
 from models.base import SupportBatch
+from models.recency import DecayedCounts
 from schemas import Interaction, RatingScale, RecItem, Recommendation
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,13 @@ class Recommender:
         self.catalog = catalog if catalog is not None else Catalog(self.featurizer)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
         self.bundle = bundle
-        self._prepared_key: tuple[int, str] | None = None
+        self._prepared_key: tuple[int, str, int] | None = None
         self._prepared: dict[str, torch.Tensor] = {}
         self._domain_codes: np.ndarray = np.zeros(0, dtype=np.int64)
         self._domain_names: dict[str, int] = {}
+        self._in_vocab: np.ndarray = np.zeros(0, dtype=bool)  # per catalog row: id in the model
+        # Online decayed item counts (settings.recency_online), built lazily from the bundle's.
+        self._recency: DecayedCounts | None = None
         self.skipped_unknown = 0
         self.explorer = Explorer(settings, self.catalog) if settings.policy != "none" else None
 
@@ -80,13 +84,21 @@ class Recommender:
         log.info("model swapped: %s -> %s", self.bundle.version, bundle.version)
         self.bundle = bundle
         self._prepared_key = None
+        self._recency = None  # restart from the new version's train-end counts
 
     def prepared(self) -> dict[str, torch.Tensor]:
-        key = (self.catalog.version, self.bundle.version)
+        recency = self._online_recency()
+        epoch = -1 if recency is None else recency.events // self.RECENCY_REFRESH_EVENTS
+        key = (self.catalog.version, self.bundle.version, epoch)
         if self._prepared_key != key:
+            counts = None if recency is None else recency.values(len(self.catalog))
             with torch.inference_mode():
-                self._prepared = self.bundle.learner.prepare(self.bundle.bank(self.catalog))
+                self._prepared = self.bundle.learner.prepare(self.bundle.bank(self.catalog,
+                                                                              counts))
             self._domain_codes, self._domain_names = self.catalog.domain_codes()
+            vocab = self.bundle.vocab_index
+            self._in_vocab = np.fromiter((i in vocab for i in self.catalog.ids), dtype=bool,
+                                         count=len(self.catalog))
             self._prepared_key = key
         return self._prepared
 
@@ -120,19 +132,47 @@ class Recommender:
             # is the last chance to put it in the changelog before its offset is committed
             # (seen with `kindling chaos`: users' last effects missing from the changelog).
             supports[event.user_id] = stored
-        self.catalog.ensure(event.item_id, event.domain)
+        row = self.catalog.ensure(event.item_id, event.domain)
+        if fresh and self.settings.recency_online:
+            recency = self._online_recency()
+            if recency is not None:
+                recency.add(row)
         snap = self.snapshot(event, support, duplicate=not fresh)
         snap.watermark = watermark
         if self.explorer is not None:
             snap.explore_seq = self.explorer.observe(event, fresh)
         return snap
 
+    #: With ``settings.recency_online``, the item bank is re-prepared once per this many events.
+    RECENCY_REFRESH_EVENTS = 64
+
+    def _online_recency(self) -> DecayedCounts | None:
+        """The per-process online recency counts (``settings.recency_online``): they start from
+        the model version's train-end counts and decay/add per fresh event this process applies.
+        They live only in this process: a restarted worker starts again from the bundle's, and
+        each worker counts only its own partitions (per-event decay keeps the *shares* right,
+        see :mod:`models.recency`). Off (the default), the bundle's counts are served as they are,
+        so a recommendation stays a function of the model, the catalog and the user's own state
+        (the worker and the replay agree exactly; with it on they agree only event-for-event)."""
+        half_life = self.bundle.recency_half_life
+        if not self.settings.recency_online or half_life is None:
+            return None
+        if self._recency is None:
+            self._recency = DecayedCounts(len(self.catalog), half_life,
+                                          self.bundle.recency_counts(self.catalog))
+        return self._recency
+
     def snapshot(self, event: Interaction, support: UserSupport, duplicate: bool) -> Snapshot:
         rows, targets, ratings, exclude = [], [], [], []
-        for e in support.events:
-            row = self.catalog.ensure(e.item_id, event.domain)
+        catalog = self.catalog
+        index, ids, has_content = catalog.index, catalog.ids, catalog.has_content
+        vocab = self.bundle.vocab_index
+        for e in support.events:  # locals, not attribute look-ups: this runs for every event
+            row = index.get(e.item_id)
+            if row is None:
+                row = catalog.ensure(e.item_id, event.domain)
             exclude.append(row)
-            if not self._representable(row):
+            if not (has_content[row] or ids[row] in vocab):
                 # Neither content nor a trained id embedding: nothing to learn from yet.
                 self.skipped_unknown += 1
                 log.debug("support item %s skipped: no content and unknown to model %s",
@@ -143,8 +183,26 @@ class Recommender:
             ratings.append(e.rating())
         return Snapshot(event, duplicate, rows, targets, ratings, exclude, support)
 
-    def _representable(self, row: int) -> bool:
-        return self.catalog.has_content[row] or self.catalog.ids[row] in self.bundle.vocab_index
+    def request(
+        self, user_id: str, domain: str, supports: Mapping[str, bytes], request_id: str = "",
+        at: float | None = None,
+    ) -> Snapshot:
+        """The snapshot to rank for a recommendation *request*: ``user_id``'s support set as it
+        is (nothing added, nothing written back), ranked in ``domain``.
+
+        Event-driven rankings follow the triggering event's domain, so this is how a user whose
+        events are all in a source domain is served a mapped target-domain list (a transfer
+        learner's ``adapt`` bridges the source events); a user with no record gets the prior.
+        Raises ``ValueError`` for a domain no catalog item has: there is nothing to rank."""
+        self.prepared()  # refreshes the domain names when the catalog or the model changed
+        if domain not in self._domain_names:
+            known = ", ".join(sorted(self._domain_names)[:20]) or "none: the catalog is empty"
+            raise ValueError(f"unknown domain {domain!r} (catalog domains: {known})")
+        support = UserSupport.from_bytes(supports.get(user_id))
+        # A view of no item stands for the request: ranking reads only its ids and domain.
+        probe = Interaction(request_id or f"request:{user_id}", user_id, "", "view", 1.0,
+                            time.time() if at is None else at, domain)
+        return self.snapshot(probe, support, duplicate=True)
 
     # ---------------------------------------------------------------- per micro-batch
     def rank(
@@ -175,21 +233,21 @@ class Recommender:
         if self.explorer is not None and self.explorer.active:
             slates = self.explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
                                           support_scores, self._why)
+        ids = self.catalog.ids
+        # Per-item work as Python lists, not numpy scalars: this loop runs for every event.
+        rows_l, scores_l = top_rows_np.tolist(), top_scores_np.tolist()
+        known_l = self._in_vocab[top_rows_np].tolist()
         for b, snap in enumerate(snapshots):
-            personal = bool(snap.rows)
             if slates is not None:
-                items = tuple(RecItem(self.catalog.ids[row], score, why, propensity)
+                items = tuple(RecItem(ids[row], score, why, propensity)
                               for row, score, why, propensity in slates[b]
                               if math.isfinite(score))
                 out.append(self._recommendation(snap, items, now))
                 continue
+            why = "exploit" if snap.rows else "popular"  # for items the model knows by id
             items = tuple(
-                RecItem(
-                    item_id=self.catalog.ids[row],
-                    score=float(score),
-                    why=self._why(row, personal),
-                )
-                for score, row in zip(top_scores_np[b], top_rows_np[b], strict=True)
+                RecItem(ids[row], score, why if known else "content")
+                for row, score, known in zip(rows_l[b], scores_l[b], known_l[b], strict=True)
                 if math.isfinite(score)
             )
             out.append(
@@ -287,13 +345,21 @@ class Recommender:
         multi_domain = len(self._domain_names) > 1
         domain_codes = torch.from_numpy(self._domain_codes[:n_items]) if multi_domain else None
         bloom = self.catalog.bloom
+        users: list[int] = []
+        items: list[int] = []
+        other_domain: dict[int, torch.Tensor] = {}
         for i, snap in enumerate(snapshots):
             if snap.exclude:
-                scores[i, snap.exclude] = -math.inf
+                users.extend([i] * len(snap.exclude))
+                items.extend(snap.exclude)
             seen = snap.support.seen_mask(bloom)
             if seen is not None:
                 scores[i, torch.from_numpy(seen)] = -math.inf
             if domain_codes is not None:
                 code = self._domain_names.get(snap.event.domain)
                 if code is not None:
-                    scores[i, domain_codes != code] = -math.inf
+                    if code not in other_domain:
+                        other_domain[code] = domain_codes != code
+                    scores[i, other_domain[code]] = -math.inf
+        if users:  # one indexed write for the whole batch
+            scores[torch.tensor(users), torch.tensor(items)] = -math.inf

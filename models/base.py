@@ -39,6 +39,9 @@ class ItemBank:
     for an item the model has never seen in training (a new item: it is scored from ``features``
     alone). ``features[n]`` is the item's content vector (zeros when it has none).
     ``popularity[n]`` is a log-count prior the learner may use as a fallback.
+    ``recency[n]`` is ``log1p`` of the item's exponentially decayed count as of now
+    (:mod:`models.recency`): what is popular *recently*. In training it may be (B, N), each
+    episode's counts as of that episode's time; ``None`` when the model version has none.
     """
 
     id_index: Tensor  # (N,) long
@@ -47,6 +50,8 @@ class ItemBank:
     #: (N,) long domain code per item, or None when the catalog has one domain. Cross-domain
     #: learners read it to tell source from target items; single-domain learners ignore it.
     domains: Tensor | None = None
+    #: (N,) or, in training only, (B, N) float32 log1p(decayed count); None: no recency signal.
+    recency: Tensor | None = None
 
     @property
     def size(self) -> int:

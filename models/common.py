@@ -28,6 +28,12 @@ class ItemTower(nn.Module):
     is still scorable. The bias is ``pop_weight * popularity + id_bias + feature_bias``: at
     initialisation (``pop_weight = 1``, learned parts zero) an un-adapted user ranks by popularity,
     which is the right zero-shot fallback.
+
+    With ``config.extra["recency_half_life"]`` set (every trained bundle), the bias also gets
+    ``recency_weight * bank.recency``: the log of the item's decayed count as of *now*, so the
+    zero-shot ranking and the inner loop's starting point follow what is popular lately (new
+    users favour recent items). The parameter exists only then, so checkpoints written before
+    it load unchanged.
     """
 
     def __init__(self, config: LearnerConfig) -> None:
@@ -39,6 +45,8 @@ class ItemTower(nn.Module):
         self.id_bias = nn.Parameter(torch.zeros(n))
         self.feat_bias = nn.Parameter(torch.zeros(f))
         self.pop_weight = nn.Parameter(torch.ones(()))
+        if config.extra.get("recency_half_life"):
+            self.recency_weight = nn.Parameter(torch.ones(()))
         # Per-item rating offsets (around the global mean) for the rating heads.
         self.id_rating_bias = nn.Parameter(torch.zeros(n))
         self.feat_rating_bias = nn.Parameter(torch.zeros(f))
@@ -46,7 +54,8 @@ class ItemTower(nn.Module):
         self.rating_mean = nn.Parameter(torch.tensor(float(mid) + 0.5))
 
     def forward(self, bank: ItemBank) -> State:
-        """Return ``{"H": (N, d), "b": (N,), "rating_bias": (N,)}`` for the bank."""
+        """Return ``{"H": (N, d), "b": (N,), "rating_bias": (N,)}`` for the bank; ``b`` is
+        (B, N) when the bank's recency is per episode (training)."""
         known = bank.id_index >= 0
         rows = bank.id_index.clamp(min=0)
         feats = bank.features.to(self.feat_proj.dtype)
@@ -57,6 +66,8 @@ class ItemTower(nn.Module):
             + self.id_bias[rows] * kf
             + feats @ self.feat_bias
         )
+        if bank.recency is not None and hasattr(self, "recency_weight"):
+            b = b + self.recency_weight * bank.recency.to(feats.dtype)
         rb = self.rating_mean + self.id_rating_bias[rows] * kf + feats @ self.feat_rating_bias
         return {"H": h, "b": b, "rating_bias": rb}
 
@@ -79,6 +90,11 @@ class UserPrior(nn.Module):
     def forward(self, profiles: Tensor) -> Tensor:
         p = profiles.to(self.base.dtype)
         return self.base + torch.tanh(p @ self.w1) @ self.w2
+
+
+def bias_at(b: Tensor, items: Tensor) -> Tensor:
+    """Item biases ``b`` (N,) or per-row (B, N) at bank rows ``items`` (B, S) -> (B, S)."""
+    return b[items] if b.dim() == 1 else torch.gather(b, 1, items)
 
 
 def support_weights(support: SupportBatch) -> Tensor:

@@ -1,8 +1,10 @@
 """FOMAML learner: a meta-learned initialisation adapted per user in a few inner steps.
 
 Global (meta-learned) parameters: the :class:`~models.common.ItemTower` (id embeddings + content
-projection + popularity-based item bias), the attribute prior network giving the initial user
-vector ``u0``, the rating head initialisation, and per-dimension inner learning rates (Meta-SGD).
+projection + an item bias from all-time popularity and, in trained bundles, *recent* popularity:
+decayed counts as of serving time, :mod:`models.recency`), the attribute prior network giving the
+initial user vector ``u0``, the rating head initialisation, and per-dimension inner learning
+rates (Meta-SGD).
 
 Fast weights, per user, live only in the :data:`~models.base.State` dict:
 
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import ItemBank, LearnerConfig, State, SupportBatch, register
-from models.common import TowerLearner, rated, support_weights
+from models.common import TowerLearner, bias_at, rated, support_weights
 
 
 def inner_gradients(
@@ -67,7 +69,7 @@ def inner_gradients(
     hs, bs : Tensor
         (B, S, d) support item vectors and (B, S) their biases.
     hn, bn : Tensor
-        (K, d) negative item vectors and (K,) their biases.
+        (K, d) negative item vectors and (K,) their biases ((B, K) when biases are per user).
     w : Tensor
         (B, S) positive weights (0 on padding).
     rmask : Tensor
@@ -134,7 +136,10 @@ class FOMAMLLearner(TowerLearner):
         n = bank.size
         k = min(self.n_negatives, n)
         if k > 0:
-            probs = torch.expm1(bank.popularity.clamp(min=0).double()) + 1.0
+            counts = torch.expm1(bank.popularity.clamp(min=0).double())
+            if counts.dim() == 2:  # per-episode counts (training): the batch's mean counts
+                counts = counts.mean(0)
+            probs = counts + 1.0
             keys = probs.log() + _gumbel_by_identity(
                 bank, self.config.seed + 17, self.config.n_items
             )
@@ -143,7 +148,7 @@ class FOMAMLLearner(TowerLearner):
             neg = torch.zeros(0, dtype=torch.long)
         out["neg_idx"] = neg
         out["Hn"] = out["H"][neg]
-        out["bn"] = out["b"][neg]
+        out["bn"] = out["b"][..., neg]
         return out
 
     def init_state_train(self, profiles: Tensor) -> State:
@@ -160,7 +165,7 @@ class FOMAMLLearner(TowerLearner):
             return dict(state)
         items = support.items
         hs = prepared["H"][items]
-        bs = prepared["b"][items]
+        bs = bias_at(prepared["b"], items)
         w = support_weights(support).to(hs.dtype)
         rmask = rated(support)
         resid = torch.nan_to_num(support.ratings) - prepared["rating_bias"][items]

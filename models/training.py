@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.base import ItemBank, Learner, SupportBatch
 from models.common import TowerLearner
+from models.recency import RecencySnapshots, recency_feature
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class UserHistory:
     times : Tensor, optional
         (L,) float event times (any monotone unit, e.g. seconds). Only used to weight episode
         sampling towards recent behaviour (``recency_half_life`` in :func:`meta_train`).
+    positions : Tensor, optional
+        (L,) long position of each event in the whole training stream (all users, time order).
+        Lets an episode see the item recency counts as of its own time (``recency`` in
+        :func:`meta_train`).
     """
 
     items: Tensor
@@ -46,6 +51,7 @@ class UserHistory:
     ratings: Tensor
     profile: Tensor
     times: Tensor | None = None
+    positions: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -61,6 +67,8 @@ class EpisodeBatch:
     query_targets: Tensor  # (B, Q) float, 0 on padding
     query_ratings: Tensor  # (B, Q) float, NaN where not a rating or padding
     query_mask: Tensor  # (B, Q) bool
+    #: (B,) stream position each episode is served at (right after its support), or None
+    as_of: Tensor | None = None
 
 
 def _pad(rows: list[Tensor], width: int, fill: float, dtype: torch.dtype) -> Tensor:
@@ -89,6 +97,13 @@ def collate(
     q_w = max((x.shape[0] for x in q_items), default=0)
     s_len = torch.tensor([x.shape[0] for x in s_items])
     q_len = torch.tensor([x.shape[0] for x in q_items])
+    as_of = None
+    if histories and all(h.positions is not None for h in histories):
+        # served right after the last support event; an empty support: before its first query
+        as_of = torch.tensor([
+            int(h.positions[b - 1]) + 1 if b > a else int(h.positions[a])  # type: ignore[index]
+            for h, (a, b) in zip(histories, cuts, strict=True)
+        ])
     support = SupportBatch(
         items=_pad(s_items, s_w, 0, torch.long),
         targets=_pad(s_t, s_w, 0.0, torch.float32),
@@ -102,6 +117,7 @@ def collate(
         query_targets=_pad(q_t, q_w, 0.0, torch.float32),
         query_ratings=_pad(q_r, q_w, math.nan, torch.float32),
         query_mask=torch.arange(q_w)[None, :] < q_len[:, None],
+        as_of=as_of,
     )
 
 
@@ -180,10 +196,18 @@ def episode_loss(
     first_order: bool = True,
     rating_weight: float = 0.05,
     prepared: dict[str, Tensor] | None = None,
+    recency: RecencySnapshots | None = None,
 ) -> Tensor:
     """Outer (query) loss of one episode batch: full-softmax cross-entropy over the bank on the
-    query positives, weighted by target, with support items masked, + ``rating_weight`` × MSE."""
+    query positives, weighted by target, with support items masked, + ``rating_weight`` × MSE.
+
+    With ``recency`` and episodes that know their stream position, each episode's bank carries
+    the decayed and the all-time item counts as of that position (no future counts reach the
+    item prior)."""
     core = _train_core(learner)
+    if recency is not None and batch.as_of is not None and prepared is None:
+        bank = replace(bank, recency=recency_feature(recency.at(batch.as_of)),
+                       popularity=torch.log1p(recency.counts_at(batch.as_of)))
     prep = core.prepare_train(bank) if prepared is None else prepared
     state = core.init_state_train(batch.profiles)
     state = core.adapt_train(state, batch.support, prep, first_order=first_order)
@@ -268,6 +292,8 @@ def meta_train(
     weight_decay: float = 0.0,
     rating_weight: float = 0.05,
     recency_half_life: float | None = None,
+    recency: RecencySnapshots | None = None,
+    decay_scalars: bool = True,
 ) -> dict[str, float | int | list[float]]:
     """Meta-train ``learner`` in place on episodes sampled from warm ``histories``.
 
@@ -289,10 +315,16 @@ def meta_train(
         Seeds all episode sampling (numpy Generator) and torch's global RNG for the run.
     weight_decay : float
         Decoupled (AdamW) weight decay; the main regulariser when few warm users are available.
+        Never applied to the global rating level (``rating_mean``).
+    decay_scalars : bool
+        Also decay the 0-d parameters (prior weights, learning rates, temperatures).
     recency_half_life : float, optional
         If given and histories carry ``times``, episode starts are sampled with weight
         ``2 ** -((t_max - t) / half_life)``: the learned item biases then track what is popular
         *now*, which is what arriving cold users consume.
+    recency : RecencySnapshots, optional
+        Decayed item counts of the training stream; episodes of histories with ``positions`` see
+        the counts as of their own time as ``ItemBank.recency`` (see :func:`episode_loss`).
 
     Returns
     -------
@@ -305,7 +337,13 @@ def meta_train(
         first_order = bool(getattr(core, "first_order_default", True))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(core.parameters(), lr=lr, weight_decay=weight_decay)
+    # Decay keeps the many per-item parameters small; the global rating level is never decayed
+    # (pulled towards 0 it cost fomaml 0.3 MAE), other scalars only if ``decay_scalars``.
+    free = [p for n, p in core.named_parameters()
+            if n.endswith("rating_mean") or (p.dim() == 0 and not decay_scalars)]
+    decayed = [p for p in core.parameters() if all(p is not q for q in free)]
+    opt = torch.optim.AdamW([{"params": decayed}, {"params": free, "weight_decay": 0.0}],
+                            lr=lr, weight_decay=weight_decay)
     start_weights = None
     if recency_half_life is not None and all(h.times is not None for h in histories):
         t_max = max(float(h.times.max()) for h in histories if len(h))
@@ -325,7 +363,8 @@ def meta_train(
             p_first=p_first,
             start_weights=start_weights,
         )
-        loss = episode_loss(core, bank, batch, first_order=first_order, rating_weight=rating_weight)
+        loss = episode_loss(core, bank, batch, first_order=first_order,
+                            rating_weight=rating_weight, recency=recency)
         opt.zero_grad()
         loss.backward()
         opt.step()

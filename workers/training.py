@@ -44,7 +44,9 @@ def run_train(settings: Settings, args: argparse.Namespace) -> int:
 
         path = save(result.bundle.learner, Path(args.out), vocab=result.bundle.vocab,
                     version=Path(args.out).name, metadata={"report": result.report,
-                    "popularity": result.bundle.popularity.tolist()})
+                    "popularity": result.bundle.popularity.tolist(),
+                    **({} if result.bundle.recency is None
+                       else {"recency": result.bundle.recency.tolist()})})
     else:
         path = save_bundle(result.bundle, settings.data_dir)
     summary = {k: v for k, v in result.report.items() if not isinstance(v, dict | list)}
