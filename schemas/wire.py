@@ -142,9 +142,12 @@ class Recommendation:
     model_version: str
     source_event_id: str
     produced_at: float = field(default_factory=time.time)
+    # The domain ranked, set on answers to a RecommendationRequest. Written only when set, so
+    # event-driven recommendations keep their exact bytes and older readers see nothing new.
+    domain: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "v": SCHEMA_VERSION,
             "user_id": self.user_id,
             "items": [i.to_dict() for i in self.items],
@@ -152,9 +155,34 @@ class Recommendation:
             "source_event_id": self.source_event_id,
             "produced_at": self.produced_at,
         }
+        if self.domain:
+            doc["domain"] = self.domain
+        return doc
 
     def item_ids(self) -> list[str]:
         return [i.item_id for i in self.items]
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationRequest:
+    """Ask for a ranking in ``domain`` without adding an event (``requests`` topic, keyed by
+    user id). What lets a user whose history is all in a source domain be served a mapped
+    target-domain list: event-driven recommendations follow the triggering event's domain.
+    The answer is a :class:`Recommendation` whose ``source_event_id`` is ``request_id``."""
+
+    request_id: str
+    user_id: str
+    domain: str = "default"
+    requested_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "domain": self.domain,
+            "requested_at": self.requested_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,10 +419,26 @@ def decode_recommendation(raw: bytes | str | None) -> Recommendation:
         model_version=_text(doc, "model_version"),
         source_event_id=_text(doc, "source_event_id"),
         produced_at=_number(doc, "produced_at", 0.0),
+        domain=_id(doc, "domain") if "domain" in doc else "",
     )
 
 
-def encode(record: Interaction | Item | User | Recommendation | DeadLetter) -> bytes:
+def decode_request(raw: bytes | str | None) -> RecommendationRequest:
+    doc = _load(raw)
+    requested_at = _number(doc, "requested_at", time.time())
+    if requested_at < 0:
+        raise SchemaError("must not be negative", "requested_at")
+    return RecommendationRequest(
+        request_id=_id(doc, "request_id"),
+        user_id=_id(doc, "user_id"),
+        domain=_id(doc, "domain") if "domain" in doc else "default",
+        requested_at=requested_at,
+    )
+
+
+def encode(
+    record: Interaction | Item | User | Recommendation | RecommendationRequest | DeadLetter,
+) -> bytes:
     """Serialise a record to compact UTF-8 JSON (never NaN: the records are validated)."""
     if type(record) is Recommendation:
         fast = _encode_recommendation(record)
@@ -421,7 +465,7 @@ def _encode_recommendation(rec: Recommendation) -> bytes | None:
                      f'"why":{_json_str(i.why)},"propensity":{propensity!r}}}')
     if not isfinite(rec.produced_at):
         return None
-    domain = ""
+    domain = f',"domain":{_json_str(rec.domain)}' if rec.domain else ""
     return (f'{{"v":{SCHEMA_VERSION},"user_id":{_json_str(rec.user_id)},'
             f'"items":[{",".join(parts)}],"model_version":{_json_str(rec.model_version)},'
             f'"source_event_id":{_json_str(rec.source_event_id)},'

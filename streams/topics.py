@@ -1,7 +1,9 @@
 """Kindling's topics, their keys, and how to create them.
 
-All five topics share one partition count and are keyed by user id (items by item id), so a
-user's interactions, attributes, support set changelog and recommendations are co-partitioned.
+All six topics share one partition count and are keyed by user id (items by item id), so a
+user's interactions, attributes, recommendation requests, support set changelog and
+recommendations are co-partitioned: a request is answered by the worker holding the user's
+support set.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ class TopicNames:
     users: str
     recommendations: str
     dlq: str
+    requests: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
-        names = ("interactions", "items", "users", "recommendations", "dlq")
+        names = ("interactions", "items", "users", "recommendations", "dlq", "requests")
         return cls(*(settings.topic(n) for n in names))
 
     def all(self) -> list[str]:
-        return [self.interactions, self.items, self.users, self.recommendations, self.dlq]
+        return [self.interactions, self.items, self.users, self.recommendations, self.dlq,
+                self.requests]
 
 
 def bootstrap_servers(settings: Settings) -> str:

@@ -15,8 +15,10 @@ watermarks; set ``KINDLING_OFFSET_DEDUP=false`` then (a warning is logged once p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -37,9 +39,18 @@ from engine.recommender import Recommender
 from engine.retrain import write_snapshot
 from engine.settings import Settings
 from engine.trainer import learner_config
-from schemas import DeadLetter, SchemaError, decode_interaction, decode_item, decode_user, encode
+from schemas import (
+    DeadLetter,
+    SchemaError,
+    decode_interaction,
+    decode_item,
+    decode_request,
+    decode_user,
+    encode,
+)
 from schemas.wire import RatingScale
-from streams.topics import TopicNames
+from streams.topics import TopicNames, client_config
+from workers import recovery_compat
 from workers.faust_compat import set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.process import settings_env
@@ -49,6 +60,18 @@ log = logging.getLogger("kindling.worker")
 
 # Tables pick their serializers from the types (bytes -> "raw"); a ``schema=`` is ignored on reads.
 RAW_TYPES = {"key_type": bytes, "value_type": bytes}
+# RocksDB memory per table partition. Faust's defaults are 3 x 64 MiB write buffers and a 2 GiB
+# block cache for *each* partition's DB (6 tables x N partitions here): `kindling load` saw the
+# worker's RSS climb ~30 MiB/min for minutes as the supports memtables filled towards 64 MiB per
+# partition before their first flush. Small memtables flush early; the cap is what is reached.
+ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
+                   "block_cache_size": 32 * 2**20}
+
+
+def _table_kwargs() -> dict[str, Any]:
+    # A fresh options dict per table: Faust's store pops keys from the mapping it is given.
+    return {**RAW_TYPES, "options": dict(ROCKSDB_OPTIONS)}
+
 # An offset this far below a user's watermark is no redelivery but a recreated topic: warn.
 OFFSET_RESET_GAP = 100_000
 
@@ -79,6 +102,7 @@ class Kindling:
         settings = with_encoder_dim(settings, self.encoder)
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
+        recovery_compat.install(client_config(settings))  # changelogs to their real end
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
@@ -114,9 +138,20 @@ class Kindling:
             broker_max_poll_interval=s.max_poll_interval_s,
             broker_commit_every=1000,
             broker_commit_interval=1.0,
+            # Bounded hand-off from the fetcher to the agents. Faust's defaults (no cap on the
+            # records one getmany returns, 4096-event stream buffer) let one fetch hold the
+            # fetcher blocked on a full buffer for longer than max_poll_interval when the worker
+            # is behind; aiokafka then leaves the group and never rejoins, since Faust stops
+            # polling once its partitions are revoked (seen with `kindling load`: the worker
+            # stalled for good after ~10 s at 2x its rate). Now one fetch waits at most about
+            # 6 batches of processing.
+            broker_max_poll_records=2 * s.batch_max,
+            stream_buffer_maxsize=4 * s.batch_max,
             web_enabled=s.web_enabled,
             web_port=s.web_port,
             producer_acks=-1,
+            producer_linger_ms=s.producer_linger_ms,
+            producer_max_batch_size=s.producer_max_batch_size,
             recovery_consistency_check=s.recovery_consistency_check,
             broker_credentials=self._credentials(),
         )
@@ -131,30 +166,32 @@ class Kindling:
         self.users = topic(self.topics.users)
         self.recommendations = topic(self.topics.recommendations)
         self.dlq = topic(self.topics.dlq)
-        self.supports = app.Table("supports", partitions=s.partitions, **RAW_TYPES,
+        self.requests = topic(self.topics.requests)
+        self.supports = app.Table("supports", partitions=s.partitions, **_table_kwargs(),
                                   help="per-user support sets (engine.support codec)")
-        self.profiles = app.Table("users", partitions=s.partitions, **RAW_TYPES,
+        self.profiles = app.Table("users", partitions=s.partitions, **_table_kwargs(),
                                   help="per-user attribute JSON")
         # Bandit state (engine/exploration.py): item stats keyed "<partition>/<item>", see there.
-        self.bandit_items = app.Table("bandit_items", partitions=s.partitions, **RAW_TYPES,
+        self.bandit_items = app.Table("bandit_items", partitions=s.partitions, **_table_kwargs(),
                                       help="per-partition item reward stats (count, sum, sq)")
-        self.bandit_users = app.Table("bandit_users", partitions=s.partitions, **RAW_TYPES,
+        self.bandit_users = app.Table("bandit_users", partitions=s.partitions, **_table_kwargs(),
                                       help="per-user exploration stats JSON")
         if self.recommender.explorer is not None:
             self.recommender.explorer.items = self.bandit_items
             self.recommender.explorer.users = self.bandit_users
         self.vectors_table = app.GlobalTable(
-            "item_vectors", partitions=s.partitions, **RAW_TYPES,
+            "item_vectors", partitions=s.partitions, **_table_kwargs(),
             help="item id -> content digest + float32 content vector (engine.encoders)",
         )
         self.vector_cache.store = self.vectors_table
         self.catalog_table = app.GlobalTable(
-            "catalog", partitions=s.partitions, **RAW_TYPES, help="item records (wire JSON)",
+            "catalog", partitions=s.partitions, **_table_kwargs(), help="item records (wire JSON)",
             on_changelog_event=self._on_catalog_changelog,
         )
         app.agent(self.interactions, name="interactions")(self._interactions_agent)
         app.agent(self.items, name="items")(self._items_agent)
         app.agent(self.users, name="users")(self._users_agent)
+        app.agent(self.requests, name="requests")(self._requests_agent)
         app.timer(2.0, name="model-watch")(self._watch_models)
         if s.retrain_interval_s > 0:
             # on_leader: one retrain per consumer group, not one per worker process.
@@ -206,7 +243,8 @@ class Kindling:
                 snap = self.recommender.apply(interaction, self.supports, offset=offset)
                 if offset is not None and snap.watermark - offset > OFFSET_RESET_GAP:
                     self._warn_offset_reset(event, snap.watermark)
-                profiles[interaction.user_id] = self._profile_of(interaction.user_id)
+                if interaction.user_id not in profiles:  # once per user per batch
+                    profiles[interaction.user_id] = self._profile_of(interaction.user_id)
                 snaps.append(snap)
                 good.append(event)
                 self.metrics.support_size.observe(len(snap.support))
@@ -295,6 +333,48 @@ class Kindling:
             if pending:
                 await asyncio.gather(*pending)
 
+    async def _requests_agent(self, stream: faust.StreamT) -> None:
+        """Answer recommendation requests: the user's support set as it is (no event added, no
+        table written) ranked in the requested domain by the same ``Recommender.rank`` as events.
+        The ``requests`` topic is keyed by user id and co-partitioned with ``supports``, so the
+        record read is this worker's own."""
+        s = self.settings
+        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+            snaps, good, pending = [], [], []
+            profiles: dict[str, dict[str, Any] | None] = {}
+            for event in batch:
+                _set_current_event(stream, event)  # table reads go to the user's partition
+                try:
+                    request = decode_request(event.value)
+                    snap = self.recommender.request(request.user_id, request.domain,
+                                                    self.supports, request.request_id)
+                except SchemaError as exc:
+                    pending.append(await self._dead_letter(event, exc.describe()))
+                    continue
+                except ValueError as exc:  # a domain no catalog item has
+                    pending.append(await self._dead_letter(event, f"domain: {exc}"))
+                    continue
+                profiles[request.user_id] = self._profile_of(request.user_id)
+                snaps.append(snap)
+                good.append(event)
+            _current_event.set(None)  # as in the interactions agent: ranking reads many users
+            try:
+                recs = self.recommender.rank(snaps, profiles.get)
+            except Exception as exc:  # noqa: BLE001 - a model bug must not lose requests
+                log.exception("ranking failed for a batch of %d requests", len(snaps))
+                reason = f"internal error while ranking: {exc!r}"
+                for e in good:
+                    pending.append(await self._dead_letter(e, reason))
+                recs = []
+            for snap, rec in zip(snaps, recs, strict=False):
+                answer = dataclasses.replace(rec, domain=snap.event.domain)
+                pending.append(
+                    await self.recommendations.send(key=rec.user_id.encode(),
+                                                    value=encode(answer))
+                )
+            if pending:
+                await asyncio.gather(*pending)
+
     # ------------------------------------------------------------------ helpers
     def _warn_offset_reset(self, event: EventT, watermark: int) -> None:
         """Once per partition: offsets far below a user's watermark mean the interactions topic
@@ -347,8 +427,10 @@ class Kindling:
         finally:
             await server.stop()
 
-    def _on_catalog_changelog(self, event: EventT) -> None:
+    async def _on_catalog_changelog(self, event: EventT) -> None:
         # Items written by another worker reach this one only through the global changelog.
+        # A coroutine: Faust awaits the callback (a plain function raised TypeError in recovery
+        # after running, once per record, and skipped the rest of that recovery step).
         if event.value:
             try:
                 self.recommender.catalog.upsert([decode_item(event.value)])
@@ -401,15 +483,24 @@ class Kindling:
             sys.executable, "-m", "workers.cli", "retrain", str(directory),
             env=settings_env(s), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
-        self._retraining = asyncio.ensure_future(self._finish_retrain(proc, directory))
+        # Leave the child a core: torch's intra-op team waits for its slowest thread, and a
+        # thread sharing a core with the child makes every ranking wait (2 cores, 2 serving
+        # threads: p99 1.7 s -> 13 s during a round, `kindling bench retrain`). Restored after.
+        serving_threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(serving_threads, (os.cpu_count() or 1) - 1)))
+        self._retraining = asyncio.ensure_future(
+            self._finish_retrain(proc, directory, serving_threads))
 
-    async def _finish_retrain(self, proc: asyncio.subprocess.Process, directory: Path) -> None:
+    async def _finish_retrain(self, proc: asyncio.subprocess.Process, directory: Path,
+                              serving_threads: int) -> None:
         try:
             output, _ = await proc.communicate()
         except asyncio.CancelledError:  # the worker is stopping: don't leave an orphan behind
             proc.kill()
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        finally:
+            torch.set_num_threads(serving_threads)
         lines = output.decode("utf-8", "replace").strip().splitlines()
         if proc.returncode != 0:
             log.error("retrain failed (exit %s): %s", proc.returncode, "\n".join(lines[-20:]))

@@ -85,6 +85,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             settings, n_events=2000 if args.quick else args.events, rate=args.rate,
             paced_events=1000 if args.quick else max(2000, int(args.rate * 5)),
         )
+    elif args.what == "retrain":
+        from workers.bench_retrain import bench_retrain
+
+        result = bench_retrain(settings, rate=args.rate, baseline_s=args.baseline_s,
+                               after_s=args.after_s)
     elif args.what == "adapt":
         from models.bench import bench_adapt
 

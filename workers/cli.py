@@ -135,6 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """Train on a snapshot and promote only if not worse (what the worker's retrain timer runs)."""
+    # Lower CPU priority than the worker that started us: on a small machine back-to-back
+    # rounds otherwise starve serving (seen on 2 cores: the stream fell minutes behind). First
+    # thing, so that importing torch (seconds of CPU) is niced too.
+    os.nice(args.nice)
     import torch
 
     from engine.retrain import retrain_from_snapshot
@@ -142,9 +146,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     _logging(settings.log_level)
     torch.set_num_threads(max(1, args.threads))
-    # Lower CPU priority than the worker that started us: on a small machine back-to-back
-    # rounds otherwise starve serving (seen on 2 cores: the stream fell minutes behind).
-    os.nice(args.nice)
     outcome = retrain_from_snapshot(settings, args.snapshot)
     print(outcome.to_json(), flush=True)
     return 0
@@ -214,6 +215,22 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return run(settings, args)
 
 
+def cmd_request(args: argparse.Namespace) -> int:
+    from workers.requests import run
+
+    settings = settings_from(args)
+    _logging("warning")
+    return run(settings, args.user, args.domain, args.timeout, args.json)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from workers.load import run
+
+    settings = settings_from(args)
+    _logging("warning")
+    return run(settings, args)
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
@@ -278,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via-kafka", action="store_true",
                    help="prequential: serve Kindling learners through the embedded broker and a "
                    "real worker process instead of in-process")
+    p.add_argument("--worker-processes", type=int, default=1,
+                   help="with --via-kafka: this many worker processes in one consumer group; "
+                   "the others join mid-stream (partitions move while events flow)")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_replay)
 
@@ -314,16 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_finetune_encoder)
 
-    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | encode | kafka")
+    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | encode | kafka | retrain")
     p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["adapt", "pipeline", "encode", "kafka"])
+                   choices=["adapt", "pipeline", "encode", "kafka", "retrain"])
     p.add_argument("--items", default=None,
                    help="encode: an item file (default: MovieLens movies.csv when present)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--rate", type=float, default=2000.0,
-                   help="kafka: paced produce rate (events/s) for the latency figures")
+                   help="kafka, retrain: paced produce rate (events/s) for the latency figures")
+    p.add_argument("--baseline-s", type=float, default=20.0,
+                   help="retrain: seconds of latency measured before the retrain round starts")
+    p.add_argument("--after-s", type=float, default=5.0,
+                   help="retrain: seconds measured after the retrain child exited (hot swap)")
     p.add_argument("--quick", action="store_true")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
@@ -348,6 +372,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON report here")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser("request", help="ask the running workers for USER's ranking in a domain "
+                       "(no event added) and print the answer")
+    p.add_argument("user")
+    p.add_argument("--domain", default="default", help="the domain to rank (e.g. the target)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    p.add_argument("--json", action="store_true", help="print the answer as one JSON line")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("load", help="embedded broker + worker: produce at FACTOR x the "
+                       "sustainable rate; report lag, RSS, recovery and drops")
+    p.add_argument("--rate-per-s", type=float, default=None,
+                   help="the sustainable rate (events/s); default: measure it (saturation run)")
+    p.add_argument("--factor", type=float, default=2.0, help="burst rate / sustainable rate")
+    p.add_argument("--seconds", type=float, default=180.0, help="burst duration")
+    p.add_argument("--saturation-events", type=int, default=20_000,
+                   help="events of the saturation run that measures the sustainable rate")
+    p.add_argument("--users", type=int, default=5000, help="fixed user population")
+    p.add_argument("--catalog-items", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=100,
+                   help="meta-training steps of the served model (0: untrained)")
+    p.add_argument("--drain-timeout-s", type=float, default=None,
+                   help="how long to wait for the lag to return to 0 (default: 3x the backlog)")
+    p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
+    p.add_argument("--json", action="store_true", help="print one JSON line (no samples)")
+    p.add_argument("--out", default=None, help="write the JSON report (with samples) here")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_load)
 
     from workers.transfer import add_parser as add_transfer
 

@@ -15,7 +15,7 @@ number = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10
 whys = st.sampled_from(["exploit", "explore", "content", "é\"\\"])
 items = st.builds(RecItem, text, number, whys, number)
 recs = st.builds(Recommendation, text, st.lists(items, max_size=12).map(tuple), text, text,
-                 number, )
+                 number, st.sampled_from(["", "books", "ユーザー"]))
 
 
 def generic(rec: Recommendation) -> bytes:
