@@ -315,6 +315,7 @@ def replay(
     settings: Any = None,
     trace: dict[str, Any] | None = None,
     via_kafka: bool = False,
+    via_kafka_workers: int = 1,
 ) -> dict[str, Any]:
     """Replay ``log`` under one protocol for every model; see the module docstring.
 
@@ -353,6 +354,8 @@ def replay(
     via_kafka : bool
         Prequential only: Kindling learners serve through the embedded broker and a real worker
         process (:mod:`evaluation.via_kafka`) instead of in-process; baselines are unchanged.
+    via_kafka_workers : int
+        With ``via_kafka``: worker processes in one consumer group (the others join mid-stream).
 
     Returns
     -------
@@ -399,7 +402,7 @@ def replay(
         if via_kafka and not is_baseline(name):
             from evaluation.via_kafka import KafkaRunner
 
-            runner = KafkaRunner(runner, data.items)
+            runner = KafkaRunner(runner, data.items, workers=via_kafka_workers)
         model_trace = None if trace is None else trace.setdefault(name, {})
         results[name] = _run(
             runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
