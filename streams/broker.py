@@ -13,6 +13,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -163,3 +165,15 @@ class EmbeddedBroker:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def broker_url(settings: Settings) -> Iterator[str]:
+    """The broker ``settings`` name, or, when none was configured (the default URL), a fresh
+    embedded broker's for the duration of the block: how the one-shot commands (``chaos``,
+    ``load``) run on a bare machine and against a real cluster alike."""
+    if settings.broker != Settings().broker:
+        yield settings.broker
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.url

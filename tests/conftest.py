@@ -17,3 +17,22 @@ def broker() -> Iterator[object]:
 
     with EmbeddedBroker() as b:
         yield b
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every 0.5 s until it returns something truthy (returned), or fail."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(predicate, timeout_s, what)`` for integration tests."""
+    return _wait_for

@@ -347,23 +347,14 @@ def _audit(report: ChaosReport, settings: Settings, events: list[Interaction],
 
 def run(settings: Settings, args: Any) -> int:
     """The CLI entry point: embedded broker unless ``--broker`` names one."""
-    from streams.broker import EmbeddedBroker
+    from streams.broker import broker_url
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kindling-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if settings.broker == Settings().broker:
-        broker = EmbeddedBroker().start()
-        url = broker.url
-    else:
-        url = settings.broker
-    try:
+    with broker_url(settings) as url:
         chaos = chaos_settings(url, workdir, settings)
         report = run_chaos(chaos, args.events, args.kills, n_users=args.users,
                            seed=settings.seed, log_path=workdir / "worker.log")
-    finally:
-        if broker is not None:
-            broker.stop()
     out = report.to_dict() | {"workdir": str(workdir)}
     if args.json:
         print(json.dumps(out), flush=True)

@@ -470,17 +470,11 @@ def _print_sample(s: Sample) -> None:
 
 def run(settings: Settings, args: Any) -> int:
     """The CLI entry point: embedded broker unless ``--broker`` names one."""
-    from streams.broker import EmbeddedBroker
+    from streams.broker import broker_url
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kindling-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if settings.broker == Settings().broker:
-        broker = EmbeddedBroker().start()
-        url = broker.url
-    else:
-        url = settings.broker
-    try:
+    with broker_url(settings) as url:
         report = run_load(
             load_settings(url, workdir, settings), rate=args.rate_per_s, factor=args.factor,
             seconds=args.seconds, saturation_events=args.saturation_events, users=args.users,
@@ -488,9 +482,6 @@ def run(settings: Settings, args: Any) -> int:
             drain_timeout_s=args.drain_timeout_s, log_path=workdir / "worker.log",
             progress=None if args.json else _print_sample,
         )
-    finally:
-        if broker is not None:
-            broker.stop()
     out = report.to_dict()
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if k != "samples"}), flush=True)

@@ -5,8 +5,6 @@ gets the mapped state (planted structure), not popularity; nothing is written to
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
@@ -17,29 +15,12 @@ from engine.recommender import Recommender
 from engine.settings import Settings
 from engine.support import UserSupport
 from engine.trainer import train_bundle
+from evaluation.synthetic import PLANTED_PER_GROUP as PER_GROUP
+from evaluation.synthetic import PLANTED_SOURCE as SOURCE
+from evaluation.synthetic import PLANTED_TARGET as TARGET
+from evaluation.synthetic import planted_cross_domain as planted_log
+from evaluation.synthetic import planted_item as item
 from schemas import Interaction
-
-GROUPS, PER_GROUP = 4, 10
-SOURCE, TARGET = "books", "movies"
-
-
-def item(domain: str, group: int, j: int) -> str:
-    return f"{domain}-{group}-{j}"
-
-
-def planted_log(n_users: int = 200, seed: int = 0) -> list[Interaction]:
-    """Group-g users read group-g books and watch group-g movies; group 0 has 2/5 of the users,
-    so popularity points at group 0's movies whatever a user read."""
-    rng = random.Random(seed)
-    events, t = [], 0.0
-    for u in range(n_users):
-        g = max(u % 5 - 1, 0)
-        picks = [(SOURCE, item(SOURCE, g, j)) for j in rng.sample(range(PER_GROUP), 7)]
-        picks += [(TARGET, item(TARGET, g, j)) for j in rng.sample(range(PER_GROUP), 5)]
-        for domain, it in picks:
-            t += 1.0
-            events.append(Interaction(f"e{len(events)}", f"u{u}", it, "rate", 5.0, t, domain))
-    return events
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ of their planted group, not popularity. Bad requests go to the dead-letter topic
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import time
@@ -21,6 +20,11 @@ import torch
 from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
 from engine.trainer import save_bundle, train_bundle
+from evaluation.synthetic import PLANTED_PER_GROUP as PER_GROUP
+from evaluation.synthetic import PLANTED_SOURCE as SOURCE
+from evaluation.synthetic import PLANTED_TARGET as TARGET
+from evaluation.synthetic import planted_cross_domain as planted_log
+from evaluation.synthetic import planted_item as item
 from schemas import Interaction, Item, RecommendationRequest
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
@@ -30,40 +34,11 @@ from workers.requests import send_request
 
 pytestmark = pytest.mark.integration
 
-PER_GROUP = 10
-SOURCE, TARGET = "books", "movies"
 
 
-def item(domain: str, group: int, j: int) -> str:
-    return f"{domain}-{group}-{j}"
 
 
-def planted_log(n_users: int = 200, seed: int = 0) -> list[Interaction]:
-    """Group-g users read group-g books and watch group-g movies; group 0 has 2/5 of the users,
-    so popularity points at group 0's movies."""
-    rng = random.Random(seed)
-    events, t = [], 0.0
-    for u in range(n_users):
-        g = max(u % 5 - 1, 0)
-        picks = [(SOURCE, item(SOURCE, g, j)) for j in rng.sample(range(PER_GROUP), 7)]
-        picks += [(TARGET, item(TARGET, g, j)) for j in rng.sample(range(PER_GROUP), 5)]
-        for domain, it in picks:
-            t += 1.0
-            events.append(Interaction(f"e{len(events)}", f"u{u}", it, "rate", 5.0, t, domain))
-    return events
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path):
+def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path, wait_for):
     torch.set_num_threads(1)
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-requests",
@@ -94,7 +69,7 @@ def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path)
             producer.interactions(reads)
             producer.flush()
             # every read applied (its event-driven recommendation is out) before asking
-            _wait_for(lambda: len([r for _, r in consume(
+            wait_for(lambda: len([r for _, r in consume(
                 settings, settings.topic("recommendations"), idle_timeout_s=2)]) >= len(reads),
                 60, "the readers' recommendations")
             for user in readers:
@@ -120,8 +95,8 @@ def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path)
                                                      idle_timeout_s=2)]
             return out if len(out) >= 2 else []
 
-        _wait_for(read_answers, 60, "three answers")
-        _wait_for(read_letters, 30, "two dead letters")
+        wait_for(read_answers, 60, "three answers")
+        wait_for(read_letters, 30, "two dead letters")
         time.sleep(2.0)  # a stray extra answer or letter would show up in the checks below
         answers, letters = read_answers(), read_letters()
     finally:

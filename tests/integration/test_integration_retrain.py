@@ -25,17 +25,9 @@ from workers.process import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: Path):
+def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: Path, wait_for):
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-retrain",
         topic_prefix=f"it-retrain-{uuid.uuid4().hex[:6]}.",
@@ -66,7 +58,7 @@ def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: P
                 producer.item(item)
             producer.flush()
             producer.interactions(first)
-        rejected = _wait_for(
+        rejected = wait_for(
             lambda: [o for o in read_outcomes(settings.data_dir) if o["candidate_loss"]], 90,
             "a retrain outcome")[0]
     finally:
@@ -85,7 +77,7 @@ def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: P
                 if i % 40 == 39:
                     producer.flush()
                     time.sleep(0.1)
-            promoted = _wait_for(
+            promoted = wait_for(
                 lambda: [o for o in read_outcomes(settings.data_dir) if o["promoted"]], 120,
                 "a promoted retrain")[0]
             time.sleep(3)  # the model watcher polls every 2 s
