@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
 import threading
@@ -40,7 +39,6 @@ from schemas import Interaction, Item, User
 
 logger = logging.getLogger(__name__)
 
-_CATALOG_LINE = re.compile(rb"catalog: (\d+) items received")
 
 
 class KafkaRunner:
@@ -165,7 +163,7 @@ class KafkaRunner:
                 for item in self.items:
                     producer.item(item)
                 producer.flush()
-                self._wait_for_catalog(logs[0], len(self.items))
+                procs[0].wait_for_catalog(len(self.items))
                 sent = 0
                 for k in range(1, self.workers):
                     # The first quarter goes to the first worker alone; each newcomer joins
@@ -251,17 +249,6 @@ class KafkaRunner:
             raise errors[0]
         self.info.setdefault("sent_before_join_ready", []).append(sent)
         return self._send(producer, events, sent, stop, sent_at)
-
-    @staticmethod
-    def _wait_for_catalog(log_path: Path, n_items: int, timeout: float = 120.0) -> None:
-        """Events must not overtake the catalog: wait until the items agent logged them all."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = sum(int(n) for n in _CATALOG_LINE.findall(log_path.read_bytes()))
-            if seen >= n_items:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"the worker did not load {n_items} items within {timeout:.0f} s")
 
 
 def _health(settings: Any) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def bench_kafka(
                 for item in data.items:
                     producer.item(item)
                 producer.flush()
-                time.sleep(2.0)  # let the items agent load the catalog first
+                worker.wait_for_catalog(len(data.items))  # events must not race the catalog
                 pids = {"worker": worker.proc.pid, "broker": broker.pid}
                 before = _cpu_seconds(pids)
                 result = {"throughput": _throughput(s, producer, fast, consumer, _drain)}

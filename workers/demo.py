@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 for user in data.users:
                     producer.user(User(user.user_id, user.attributes))
                 producer.flush()
-                time.sleep(1.0)  # let the catalog land before the first interactions
+                worker.wait_for_catalog(len(data.items))  # the catalog lands before interactions
                 producer.interactions(new)
             recs = {}
             shown = 0

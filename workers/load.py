@@ -390,7 +390,7 @@ def run_load(
         with EventProducer(settings) as producer:
             for item in stream.items:
                 producer.item(item)
-        time.sleep(2.0)  # let the items agent load the catalog before the first event
+        worker.wait_for_catalog(len(stream.items))  # the catalog lands before the first event
         sent = 0
         if not rate:
             report.saturation = _saturate(settings, stream, saturation_events, outputs, 600.0)

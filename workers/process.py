@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import time
 from pathlib import Path
 
 from engine.settings import ENV_PREFIX, Settings
+
+# What the items agent logs per batch (workers/app.py); counts add up to the items received.
+_CATALOG_LINE = re.compile(rb"catalog: (\d+) items received")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -52,6 +56,20 @@ class WorkerProcess:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"worker not ready within {timeout}s: {self.tail()}")
+
+    def wait_for_catalog(self, n_items: int, timeout: float = 120.0) -> None:
+        """Block until the items agent has logged ``n_items`` items received (since the log
+        began). Interactions sent before that race the catalog: the worker can only rank items
+        it has been told about, so a test or benchmark that sends items first waits here."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
+            seen = sum(int(n) for n in _CATALOG_LINE.findall(self.log_path.read_bytes()))
+            if seen >= n_items:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the worker did not load {n_items} items within {timeout:.0f} s")
 
     def tail(self, n: int = 3000) -> str:
         try:

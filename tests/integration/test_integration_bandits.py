@@ -41,6 +41,7 @@ def test_explore_slots_and_their_statistics_flow_through_the_worker(broker, tmp_
             for item in data.items:
                 producer.item(item)
             producer.flush()
+            worker.wait_for_catalog(len(data.items))
             producer.interactions(events)
             # An out-of-range rating sent raw: it must reach the DLQ, not the statistics.
             bad = {"v": 1, "event_id": "bad-1", "user_id": users[0], "item_id": events[0].item_id,

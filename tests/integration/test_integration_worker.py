@@ -78,6 +78,7 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
             for item in data.items:
                 producer.item(item)
             producer.flush()
+            worker.wait_for_catalog(len(data.items))  # else early events race the catalog
             for i, event in enumerate(events):
                 producer.interaction(event)
                 if i % 625 == 0:  # malformed events mixed into the stream
