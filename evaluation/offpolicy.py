@@ -80,36 +80,53 @@ class SimulatedArms:
         return LoggedRounds(contexts, arms, rewards, np.full(rounds, 1.0 / self.n_arms), expected)
 
 
+class _Played:
+    """What a policy has learned from the rounds it played on a log: per-arm counts, reward sums
+    and squares, and (contextual policies) its recent (context, reward) history. One piece for
+    the replay estimate and the online ground truth, so both feed a policy identically."""
+
+    def __init__(self, logged: LoggedRounds, policy: Policy) -> None:
+        self.logged, self.policy = logged, policy
+        k = logged.n_arms
+        self.n, self.total, self.sq = np.zeros(k), np.zeros(k), np.zeros(k)
+        self.hist_x: list[np.ndarray] = []
+        self.hist_r: list[float] = []
+
+    def context(self, t: int) -> ArmContext:
+        """The policy's view before round ``t``."""
+        k, d = self.logged.n_arms, self.logged.contexts.shape[2]
+        ctx = ArmContext(self.n[None], self.total[None], self.sq[None], np.full((1, k), 0.5),
+                         np.ones((1, k), dtype=bool))
+        if self.policy.contextual:
+            hx = np.array(self.hist_x[-HISTORY_WINDOW:]).reshape(-1, d)
+            ctx.x, ctx.hist_x = self.logged.contexts[t][None], hx[None]
+            ctx.hist_r = np.array(self.hist_r[-HISTORY_WINDOW:])[None] - 0.5
+            ctx.hist_mask = np.ones((1, len(hx)), dtype=bool)
+        return ctx
+
+    def update(self, t: int, arm: int, reward: float) -> None:
+        self.n[arm] += 1
+        self.total[arm] += reward
+        self.sq[arm] += reward * reward
+        self.hist_x.append(self.logged.contexts[t, arm])
+        self.hist_r.append(reward)
+
+
 def replay_method(logged: LoggedRounds, policy: Policy | str, seed: int = 0) -> dict[str, Any]:
     """Li et al. (2011) replay of ``policy`` over ``logged``. Returns the matched rounds' count,
     the mean reward, and per matched round the cumulative reward and (when the log knows the
     expected rewards) the cumulative regret against the best arm of that round."""
     policy = create_policy(policy) if isinstance(policy, str) else policy
     rng = np.random.default_rng(seed)
-    k, d = logged.n_arms, logged.contexts.shape[2]
-    n, total, sq = np.zeros(k), np.zeros(k), np.zeros(k)
-    hist_x: list[np.ndarray] = []
-    hist_r: list[float] = []
+    played = _Played(logged, policy)
     rewards: list[float] = []
     regrets: list[float] = []
-    prior = np.full((1, k), 0.5)
     for t in range(len(logged.arms)):
-        ctx = ArmContext(n[None], total[None], sq[None], prior, np.ones((1, k), dtype=bool))
-        if policy.contextual:
-            hx = np.array(hist_x[-HISTORY_WINDOW:]).reshape(-1, d)
-            ctx.x = logged.contexts[t][None]
-            ctx.hist_x = hx[None]
-            ctx.hist_r = np.array(hist_r[-HISTORY_WINDOW:])[None] - 0.5
-            ctx.hist_mask = np.ones((1, len(hx)), dtype=bool)
-        arm = int(play(policy, ctx, rng).column[0])
+        arm = int(play(policy, played.context(t), rng).column[0])
         if arm != int(logged.arms[t]):
             continue
         r = float(logged.rewards[t])
-        n[arm] += 1
-        total[arm] += r
-        sq[arm] += r * r
-        hist_x.append(logged.contexts[t, arm])
-        hist_r.append(r)
+        played.update(t, arm, r)
         rewards.append(r)
         if logged.expected is not None:
             regrets.append(float(logged.expected[t].max() - logged.expected[t, arm]))
@@ -131,26 +148,11 @@ def online(logged: LoggedRounds, policy: Policy | str, seed: int = 0) -> float:
     assert logged.expected is not None
     policy = create_policy(policy) if isinstance(policy, str) else policy
     rng = np.random.default_rng(seed)
-    k, d = logged.n_arms, logged.contexts.shape[2]
-    n, total, sq = np.zeros(k), np.zeros(k), np.zeros(k)
-    hist_x: list[np.ndarray] = []
-    hist_r: list[float] = []
+    played = _Played(logged, policy)
     got = []
     for t in range(len(logged.arms)):
-        ctx = ArmContext(n[None], total[None], sq[None], np.full((1, k), 0.5),
-                         np.ones((1, k), dtype=bool))
-        if policy.contextual:
-            hx = np.array(hist_x[-HISTORY_WINDOW:]).reshape(-1, d)
-            ctx.x, ctx.hist_x = logged.contexts[t][None], hx[None]
-            ctx.hist_r = np.array(hist_r[-HISTORY_WINDOW:])[None] - 0.5
-            ctx.hist_mask = np.ones((1, len(hx)), dtype=bool)
-        arm = int(play(policy, ctx, rng).column[0])
-        r = float(rng.random() < logged.expected[t, arm])
-        n[arm] += 1
-        total[arm] += r
-        sq[arm] += r * r
-        hist_x.append(logged.contexts[t, arm])
-        hist_r.append(r)
+        arm = int(play(policy, played.context(t), rng).column[0])
+        played.update(t, arm, float(rng.random() < logged.expected[t, arm]))
         got.append(logged.expected[t, arm])
     return float(np.mean(got))
 
