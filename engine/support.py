@@ -197,9 +197,9 @@ class UserSupport:
             for _ in range(n_events):
                 digest, kind, value, ts, n = layout.unpack_from(raw, offset)
                 offset += layout.size
-                item_id = raw[offset : offset + n].decode("utf-8")
-                if len(item_id.encode("utf-8")) != n:
+                if offset + n > len(raw):
                     raise SchemaError("corrupt support-set record: truncated item id")
+                item_id = raw[offset : offset + n].decode("utf-8")
                 offset += n
                 events.append(SupportEvent(digest, item_id, _KINDS[kind], value, ts))
             return cls._tail(raw, offset, events, n_evicted, n_bloom, n_total, last_offset)

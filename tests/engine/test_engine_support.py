@@ -263,3 +263,13 @@ def test_twenty_events_are_compact() -> None:
     bound = HEADER_SMALL + 1 + NEWEST_TS + CAP * per_event + 8 * WINDOW + BLOOM_BYTES
     assert len(s.to_bytes()) == bound
     assert bound < 0.9 * (19 + CAP * 29 + 8 * WINDOW + BLOOM_BYTES)  # format 3: 855 bytes
+
+
+def test_truncated_format_3_item_id_is_corrupt() -> None:
+    item = b"i00007"
+    raw = (struct.pack("<BIHHH", 3, 1, 1, 0, 0) + struct.pack("<q", 5)
+           + struct.pack("<QBfdH", event_hash("e"), 2, 3.5, 1.0, len(item)) + item)
+    assert UserSupport.from_bytes(raw).item_ids() == ["i00007"]
+    for cut in range(1, len(item) + 1):
+        with pytest.raises(SchemaError):
+            UserSupport.from_bytes(raw[:-cut])
