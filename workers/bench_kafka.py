@@ -52,25 +52,33 @@ def _drain(settings: Settings, want: set[str], sent_at: dict[str, float], deadli
     return latencies, last
 
 
-def bench_kafka(
-    settings: Settings, n_events: int = 20_000, rate: float = 2000.0, paced_events: int = 10_000
-) -> dict[str, Any]:
-    from kafka import KafkaConsumer
-
+def bench_workload(settings: Settings) -> tuple[Any, Any, list[Interaction], int]:
+    """The end-to-end benchmarks' workload: a planted synthetic log (5,000 users, 2,000 items),
+    its catalog, the events in time order and the cut: the model trains on ``events[:cut]``,
+    the rest is streamed."""
     from engine.catalog import Catalog
     from engine.features import HashingFeaturizer
-    from engine.trainer import save_bundle, train_bundle
     from evaluation.synthetic import generate
-    from streams.broker import EmbeddedBroker, embedded_worker_settings
-    from streams.kafka import EventProducer
-    from streams.topics import client_config, ensure_topics
-    from workers.process import WorkerProcess
 
     data = generate(n_users=5000, n_items=2000, events_per_user=(5, 30), seed=settings.seed)
     catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
     catalog.upsert(data.items)
     events = sorted(data.events, key=lambda e: (e.ts, e.event_id))
-    cut = len(events) // 3
+    return data, catalog, events, len(events) // 3
+
+
+def bench_kafka(
+    settings: Settings, n_events: int = 20_000, rate: float = 2000.0, paced_events: int = 10_000
+) -> dict[str, Any]:
+    from kafka import KafkaConsumer
+
+    from engine.trainer import save_bundle, train_bundle
+    from streams.broker import EmbeddedBroker, embedded_worker_settings
+    from streams.kafka import EventProducer
+    from streams.topics import client_config, ensure_topics
+    from workers.process import WorkerProcess
+
+    data, catalog, events, cut = bench_workload(settings)
     workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
     run = uuid.uuid4().hex[:6]
     with EmbeddedBroker() as broker:

@@ -116,21 +116,15 @@ def bench_retrain(settings: Settings, rate: float = 1000.0, baseline_s: float = 
                   after_s: float = 5.0, max_round_s: float = 300.0) -> dict[str, Any]:
     from kafka import KafkaConsumer
 
-    from engine.catalog import Catalog
-    from engine.features import HashingFeaturizer
     from engine.retrain import read_outcomes
     from engine.trainer import save_bundle, train_bundle
-    from evaluation.synthetic import generate
     from streams.broker import EmbeddedBroker, embedded_worker_settings
     from streams.kafka import EventProducer
     from streams.topics import client_config, ensure_topics
+    from workers.bench_kafka import bench_workload
     from workers.process import WorkerProcess
 
-    data = generate(n_users=5000, n_items=2000, events_per_user=(5, 30), seed=settings.seed)
-    catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
-    catalog.upsert(data.items)
-    events = sorted(data.events, key=lambda e: (e.ts, e.event_id))
-    cut = len(events) // 3
+    data, catalog, events, cut = bench_workload(settings)
     workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-retrain-"))
     run = uuid.uuid4().hex[:6]
     load_before = os.getloadavg()
