@@ -419,3 +419,126 @@ def should_promote(new_loss: float, old_loss: float | None, *, tolerance: float 
     if old_loss is None or not math.isfinite(old_loss):
         return True
     return new_loss <= old_loss + tolerance * abs(old_loss)
+
+
+#: Multipliers of the learned recency weight tried by :func:`calibrate_recency`.
+RECENCY_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def _recency_module(learner: Learner) -> torch.nn.Module | None:
+    core = _train_core(learner)
+    return next((m for m in core.modules() if hasattr(m, "recency_weight")), None)
+
+
+def latest_users(
+    histories: Sequence[UserHistory], fraction: float, *, minimum: int = 20
+) -> list[UserHistory]:
+    """The ``fraction`` of ``histories`` (at least ``minimum``, users with >= 2 events) whose
+    first event is latest; empty when histories carry no ``times``."""
+    pool = [h for h in histories if len(h) >= 2 and h.times is not None]
+    pool.sort(key=lambda h: float(h.times[0]))  # type: ignore[index]
+    n = min(len(pool), max(minimum, int(round(fraction * len(pool)))))
+    return pool[len(pool) - n :]
+
+
+def first_n_ndcg(
+    learner: Learner,
+    histories: Sequence[UserHistory],
+    bank: ItemBank,
+    *,
+    support_sizes: Sequence[int] = (1, 3, 5, 10),
+    k: int = 10,
+    recency: RecencySnapshots | None = None,
+    batch_users: int = 64,
+) -> dict[int, float]:
+    """Mean NDCG@``k`` per support size ``n`` of cold-start episodes (support = a user's first
+    ``n`` events, relevant = every later item, support items excluded from the ranking), as
+    ``evaluation.metrics.ndcg_at_k`` scores the replay's few-shot protocol, on histories. With
+    ``recency`` each episode's item prior sees the counts as of its own position, as in
+    training."""
+    core = _train_core(learner)
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    out: dict[int, float] = {}
+    with torch.no_grad():
+        shared = core.prepare_train(bank) if recency is None else None
+        for n in support_sizes:
+            keep = [h for h in histories if len(h) > n]
+            total = 0.0
+            for i in range(0, len(keep), batch_users):
+                batch = first_n_episodes(keep[i : i + batch_users], n)
+                prep = shared
+                if prep is None:
+                    assert batch.as_of is not None and recency is not None
+                    prep = core.prepare_train(replace(
+                        bank, recency=recency_feature(recency.at(batch.as_of)),
+                        popularity=torch.log1p(recency.counts_at(batch.as_of))))
+                state = core.init_state_train(batch.profiles)
+                state = core.adapt_train(state, batch.support, prep, first_order=True)
+                scores = core.score_train(state, prep)
+                seen = torch.zeros_like(scores, dtype=torch.bool)
+                seen.scatter_(1, batch.support.items, batch.support.mask)
+                top = scores.masked_fill(seen, float("-inf")).topk(k, dim=1).indices  # (B, k)
+                relevant = torch.zeros_like(seen)
+                relevant.scatter_(1, batch.query_items, batch.query_mask)
+                gains = torch.gather(relevant, 1, top).to(torch.float64)
+                ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])
+                idcg = ideal[relevant.sum(1).clamp(max=k)]
+                ndcg = (gains * discount).sum(1) / idcg.clamp(min=1e-12)
+                total += float(torch.where(idcg > 0, ndcg, 0.0).sum())
+            out[n] = total / len(keep) if keep else math.nan
+    return out
+
+
+def calibrate_recency(
+    learner: Learner,
+    histories: Sequence[UserHistory],
+    bank: ItemBank,
+    *,
+    recency: RecencySnapshots | None = None,
+    scales: Sequence[float] = RECENCY_SCALES,
+    support_sizes: Sequence[int] = (1, 3, 5, 10),
+    k: int = 10,
+    tolerance: float = 0.005,
+) -> dict[str, object]:
+    """Rescale the learned recency weight of the item prior to maximise cold-start NDCG@``k``.
+
+    Meta-training fits the prior with a full-softmax likelihood over the whole catalog; the top of
+    the ranking, which NDCG@10 scores, wants it sharper. On ml-latest-small the learned weight
+    times 2-4 gave fomaml +.03 to +.04 NDCG@10 at 1 and 3 events, both on the replay's new users
+    and on the latest warm users, so the multiplier is chosen on ``histories`` (the caller passes
+    the most recently arrived users, held out of this learner's training: the closest stand-in
+    for the next new users) from ``scales`` by mean NDCG over ``support_sizes``: the smallest
+    scale within ``tolerance`` (relative) of the best, so noise does not move it. The weight is
+    left as it was: apply the chosen ``scale`` with :func:`rescale_recency` (to this learner or
+    to another trained the same way). A learner without a recency weight gets ``scale`` 1.
+    """
+    module = _recency_module(learner)
+    if module is None or not histories:
+        return {"scale": 1.0, "users": len(histories), "ndcg": {}}
+    base = module.recency_weight.detach().clone()
+    scores: dict[float, float] = {}
+    best = 1.0
+    try:
+        for scale in scales:
+            with torch.no_grad():
+                module.recency_weight.copy_(base * scale)
+            per_n = first_n_ndcg(learner, histories, bank, support_sizes=support_sizes, k=k,
+                                 recency=recency)
+            values = [v for v in per_n.values() if math.isfinite(v)]
+            scores[float(scale)] = float(np.mean(values)) if values else math.nan
+        finite = {s: v for s, v in scores.items() if math.isfinite(v)}
+        if finite:  # the smallest change within ``tolerance`` of the best
+            top = max(finite.values())
+            best = min(s for s, v in finite.items() if v >= top - tolerance * abs(top))
+    finally:
+        with torch.no_grad():
+            module.recency_weight.copy_(base)
+    return {"scale": best, "users": len(histories), "ndcg": scores}
+
+
+def rescale_recency(learner: Learner, scale: float) -> None:
+    """Multiply the item prior's recency weight by ``scale`` (no-op without one)."""
+    module = _recency_module(learner)
+    if module is not None:
+        with torch.no_grad():
+            module.recency_weight.mul_(float(scale))

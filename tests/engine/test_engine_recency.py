@@ -128,3 +128,35 @@ def test_online_counts_lift_an_item_that_becomes_popular(
         assert hot_item_rank(rec, cold) == before
     else:
         assert after == before
+
+
+def test_recency_calibration_rescales_the_trained_weight(log: SyntheticLog) -> None:
+    """The final model is trained exactly as without calibration; only its recency weight is
+    multiplied by the scale a held-out probe chose on the latest users."""
+    from models.training import RECENCY_SCALES
+
+    def train(calibrate: float) -> TrainResult:
+        catalog = Catalog(HashingFeaturizer(64, 32))
+        catalog.upsert(log.items)
+        return train_bundle(SETTINGS, log.events, catalog, learner="fomaml", steps=20,
+                            pretrain_epochs=0, heldout_fraction=0.2,
+                            recipe={"calibrate_recency": calibrate})
+
+    def weight(r: TrainResult) -> float:
+        return float(r.bundle.learner.tower.recency_weight.detach())
+
+    plain, calibrated = train(0.0), train(0.2)
+    assert "recency_calibration" not in plain.report
+    cal = calibrated.report["recency_calibration"]
+    assert cal["scale"] in RECENCY_SCALES
+    assert cal["users"] >= 20  # at least the minimum of the latest users
+    assert set(cal["ndcg"]) == set(RECENCY_SCALES)
+    assert all(0.0 <= v <= 1.0 for v in cal["ndcg"].values())
+    top = max(cal["ndcg"].values())
+    assert cal["ndcg"][cal["scale"]] >= top - 0.005 * top
+    assert weight(calibrated) == pytest.approx(weight(plain) * cal["scale"], rel=1e-5)
+    # everything else is the same model
+    for (name, a), (_, b) in zip(plain.bundle.learner.named_parameters(),
+                                 calibrated.bundle.learner.named_parameters(), strict=True):
+        if not name.endswith("recency_weight"):
+            torch.testing.assert_close(a, b, msg=name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,9 +11,12 @@ import torch
 
 from models.base import create
 from models.training import (
+    calibrate_recency,
     first_n_episodes,
+    first_n_ndcg,
     heldout_loss,
     meta_train,
+    rescale_recency,
     sample_episodes,
     should_promote,
 )
@@ -91,3 +95,41 @@ def test_should_promote() -> None:
     assert should_promote(3.0, None)
     assert not should_promote(math.nan, 1.0)
     assert not should_promote(math.inf, 1.0)
+
+
+def test_first_n_ndcg_scores_like_the_replay_harness(planted) -> None:
+    """Same number as evaluation.metrics.ndcg_at_k on the same top-10 (support masked)."""
+    from evaluation.metrics import hit_matrix, ndcg_at_k
+
+    learner = create("fomaml", planted.config(inner_steps=2))
+    meta_train(learner, planted.train, planted.bank, steps=30, batch_users=32, seed=0)
+    hs = planted.test
+    for n in (1, 3):
+        sup = first_n_episodes(hs, n).support
+        prep = learner.prepare(planted.bank)
+        st = learner.adapt(learner.init_state(torch.stack([h.profile for h in hs])), sup, prep)
+        scores = learner.score(st, prep).scatter(1, sup.items, float("-inf"))
+        ranked = [[str(int(i)) for i in row] for row in scores.topk(10, dim=1).indices]
+        relevant = [{str(int(i)) for i in h.items[n:]} for h in hs]
+        hits, n_rel = hit_matrix(ranked, relevant)
+        expected = float(ndcg_at_k(hits, n_rel, 10).mean())
+        got = first_n_ndcg(learner, hs, planted.bank, support_sizes=(n,))[n]
+        assert got == pytest.approx(expected, abs=1e-6), n
+        assert 0.0 < got < 1.0
+
+
+def test_calibrate_recency_leaves_the_weight_and_ignores_learners_without_one(planted) -> None:
+    plain = create("fomaml", planted.config())
+    assert calibrate_recency(plain, planted.test, planted.bank)["scale"] == 1.0
+    rescale_recency(plain, 3.0)  # no recency weight: nothing to scale, no error
+
+    config = planted.config()
+    config.extra["recency_half_life"] = 100.0
+    learner = create("fomaml", config)
+    bank = replace(planted.bank, recency=torch.rand(planted.bank.features.shape[0]))
+    before = learner.tower.recency_weight.detach().clone()
+    out = calibrate_recency(learner, planted.test, bank, scales=(1.0, 2.0, 4.0))
+    assert set(out["ndcg"]) == {1.0, 2.0, 4.0} and out["scale"] in out["ndcg"]
+    torch.testing.assert_close(learner.tower.recency_weight.detach(), before)  # restored
+    rescale_recency(learner, out["scale"])
+    torch.testing.assert_close(learner.tower.recency_weight.detach(), before * out["scale"])
