@@ -41,6 +41,7 @@ from engine.settings import Settings
 from engine.trainer import learner_config
 from schemas import (
     DeadLetter,
+    Recommendation,
     SchemaError,
     decode_interaction,
     decode_item,
@@ -100,6 +101,8 @@ class Kindling:
         # The content encoder fixes the feature width (MiniLM: 384), so build it first.
         self.encoder = make_encoder(settings)
         settings = with_encoder_dim(settings, self.encoder)
+        if settings.pipeline not in ("full", "echo"):
+            raise ValueError(f"pipeline must be 'full' or 'echo', got {settings.pipeline!r}")
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         recovery_compat.install(client_config(settings))  # changelogs to their real end
@@ -143,10 +146,12 @@ class Kindling:
             # fetcher blocked on a full buffer for longer than max_poll_interval when the worker
             # is behind; aiokafka then leaves the group and never rejoins, since Faust stops
             # polling once its partitions are revoked (seen with `kindling load`: the worker
-            # stalled for good after ~10 s at 2x its rate). Now one fetch waits at most about
-            # 6 batches of processing.
+            # stalled for good after ~10 s at 2x its rate). Now one fetch returns at most
+            # 2 x batch_max records, and the queue (stream_buffer_events, see engine/settings.py)
+            # has room for them above the 80% mark where Faust pauses a partition: a fetch never
+            # waits on the agent.
             broker_max_poll_records=2 * s.batch_max,
-            stream_buffer_maxsize=4 * s.batch_max,
+            stream_buffer_maxsize=max(s.stream_buffer_events, 10 * s.batch_max),
             web_enabled=s.web_enabled,
             web_port=s.web_port,
             producer_acks=-1,
@@ -220,6 +225,9 @@ class Kindling:
     # ------------------------------------------------------------------ agents
     async def _interactions_agent(self, stream: faust.StreamT) -> None:
         s = self.settings
+        if s.pipeline == "echo":
+            await self._echo_agent(stream)
+            return
         rebalances = -1
         async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
             started = time.perf_counter()
@@ -280,6 +288,28 @@ class Kindling:
             self.metrics.recommendations.inc(len(recs))
             self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_latency.observe(time.perf_counter() - started)
+            self.last_event_at = time.time()
+
+    async def _echo_agent(self, stream: faust.StreamT) -> None:
+        """``pipeline="echo"``: the same stream, batching, decoding, dead-lettering and output
+        topic as serving, answering each event with an empty recommendation (the transport cost
+        that serving pays on top of its own work)."""
+        s = self.settings
+        async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+            pending = []
+            for event in batch:
+                try:
+                    interaction = decode_interaction(event.value, self.scale)
+                except SchemaError as exc:
+                    pending.append(await self._dead_letter(event, exc.describe()))
+                    continue
+                rec = Recommendation(interaction.user_id, (), "echo", interaction.event_id)
+                _current_event.set(None)  # sent now, as serving sends (not attached to an ack)
+                pending.append(await self.recommendations.send(
+                    key=rec.user_id.encode(), value=encode(rec)))
+            if pending:
+                await asyncio.gather(*pending)
+            self.metrics.events.inc(len(batch))
             self.last_event_at = time.time()
 
     async def _items_agent(self, stream: faust.StreamT) -> None:

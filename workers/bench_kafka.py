@@ -11,6 +11,13 @@ CPU split: the machine's cores are shared by the worker, the broker and this loa
 the throughput run also reports each one's CPU seconds (``/proc/<pid>/stat``) and the worker's
 events per CPU-second, which is what one worker process would do with a core to itself.
 
+Transport baseline, side by side in the same run: the same two runs first go through a worker
+started with ``pipeline="echo"`` (same broker, topics, micro-batching, decoding, dead-lettering
+and producer settings, an empty recommendation per event, no table, no model). Its figures
+(``echo_*``) are what Kafka + Faust alone cost on this machine, so ``events_per_s_vs_echo`` and
+``events_per_worker_cpu_s_vs_echo`` show how much of the ceiling serving leaves; ratios survive a
+noisy machine better than absolute rates.
+
 Bytes per user: the mean support-set record (what a table value holds) and the RocksDB files of
 the supports table on disk divided by the users in it, after the worker stopped.
 """
@@ -68,48 +75,81 @@ def bench_workload(settings: Settings) -> tuple[Any, Any, list[Interaction], int
 
 
 def bench_kafka(
-    settings: Settings, n_events: int = 20_000, rate: float = 2000.0, paced_events: int = 10_000
+    settings: Settings, n_events: int = 20_000, rate: float = 2000.0, paced_events: int = 10_000,
+    baseline: bool = True,
 ) -> dict[str, Any]:
-    from kafka import KafkaConsumer
-
+    """Both runs on the full worker and, with ``baseline``, first on an ``echo`` worker (same
+    broker, topics, batching and producer; no state or model) whose figures are the transport's
+    ceiling on this machine: ``echo_*`` keys and ``vs_echo`` ratios."""
     from engine.trainer import save_bundle, train_bundle
     from streams.broker import EmbeddedBroker, embedded_worker_settings
+
+    data, catalog, events, cut = bench_workload(settings)
+    stream = events[cut:]
+    if n_events + paced_events > len(stream):
+        raise ValueError(f"the workload streams {len(stream)} events: ask for at most that many "
+                         f"(--events {n_events} + {paced_events} paced)")
+    fast, paced = stream[:n_events], stream[n_events : n_events + paced_events]
+    workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
+    out: dict[str, Any] = {}
+    with EmbeddedBroker() as broker:
+        for mode in (["echo"] if baseline else []) + ["full"]:
+            run = uuid.uuid4().hex[:6]
+            s = embedded_worker_settings(
+                broker.url, settings, data_dir=str(workdir / mode), app_id=f"bench-{run}",
+                topic_prefix=f"bench-{run}.", model_dir="", retrain_interval_s=0.0,
+                pipeline=mode,
+            )
+            if mode == "full":
+                save_bundle(train_bundle(s, events[:cut], catalog, steps=100).bundle, s.data_dir)
+            result = _run_worker(s, broker.pid, data.items, fast, paced, rate)
+            if mode == "full":
+                result["bytes_per_user"] = _bytes_per_user(Path(s.data_dir))
+                out.update(_summary(result, rate))
+            else:
+                out.update({f"echo_{k}": v for k, v in _summary(result, rate).items()
+                            if k in ("events_per_s", "p50_ms", "p99_ms", "worker_cpu_s",
+                                     "events_per_worker_cpu_s")})
+    if baseline:
+        for k in ("events_per_s", "events_per_worker_cpu_s"):
+            out[f"{k}_vs_echo"] = out[k] / max(out[f"echo_{k}"], 1e-9)
+    return {**out, "learner": settings.learner, "inner_steps": settings.inner_steps,
+            "catalog_items": len(data.items), "batch_max": settings.batch_max}
+
+
+def _run_worker(s: Settings, broker_pid: int | None, items: Sequence[Any],
+                fast: Sequence[Interaction], paced: Sequence[Interaction],
+                rate: float) -> dict[str, Any]:
+    from kafka import KafkaConsumer
+
     from streams.kafka import EventProducer
     from streams.topics import client_config, ensure_topics
     from workers.process import WorkerProcess
 
-    data, catalog, events, cut = bench_workload(settings)
-    workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
-    run = uuid.uuid4().hex[:6]
-    with EmbeddedBroker() as broker:
-        s = embedded_worker_settings(
-            broker.url, settings, data_dir=str(workdir / "data"), app_id=f"bench-{run}",
-            topic_prefix=f"bench-{run}.", model_dir="", retrain_interval_s=0.0,
-        )
-        save_bundle(train_bundle(s, events[:cut], catalog, steps=100).bundle, s.data_dir)
-        ensure_topics(s)
-        worker = WorkerProcess(s, workdir / "worker.log").start()
-        stream = events[cut:]
-        fast, paced = stream[:n_events], stream[n_events : n_events + paced_events]
-        consumer = KafkaConsumer(s.topic("recommendations"), **client_config(s), group_id=None,
-                                 auto_offset_reset="latest", enable_auto_commit=False)
-        consumer.poll(timeout_ms=1000)  # join the partitions before anything is produced
-        try:
-            with EventProducer(s, linger_ms=2) as producer:
-                for item in data.items:
-                    producer.item(item)
-                producer.flush()
-                worker.wait_for_catalog(len(data.items))  # events must not race the catalog
-                pids = {"worker": worker.proc.pid, "broker": broker.pid}
-                before = _cpu_seconds(pids)
-                result = {"throughput": _throughput(s, producer, fast, consumer, _drain)}
-                after = _cpu_seconds(pids)
-                result["cpu"] = {f"{k}_cpu_s": after[k] - before[k] for k in after}
-                result["paced"] = _paced(s, producer, paced, rate, consumer, _drain)
-        finally:
-            consumer.close()
-            worker.stop()
-        result["bytes_per_user"] = _bytes_per_user(Path(s.data_dir))
+    ensure_topics(s)
+    worker = WorkerProcess(s, Path(s.data_dir).parent / f"{s.pipeline}-worker.log").start()
+    consumer = KafkaConsumer(s.topic("recommendations"), **client_config(s), group_id=None,
+                             auto_offset_reset="latest", enable_auto_commit=False)
+    consumer.poll(timeout_ms=1000)  # join the partitions before anything is produced
+    try:
+        with EventProducer(s, linger_ms=2) as producer:
+            for item in items:
+                producer.item(item)
+            producer.flush()
+            worker.wait_for_catalog(len(items))  # events must not race the catalog
+            pids = {"worker": worker.proc.pid, "broker": broker_pid}
+            before = _cpu_seconds(pids)
+            result = {"throughput": _throughput(s, producer, fast, consumer, _drain)}
+            after = _cpu_seconds(pids)
+            result["cpu"] = {f"{k}_cpu_s": after[k] - before[k] for k in after}
+            result["paced"] = _paced(s, producer, paced, rate, consumer, _drain)
+    finally:
+        consumer.close()
+        worker.stop()
+    return result
+
+
+def _summary(result: dict[str, Any], rate: float) -> dict[str, Any]:
     t, p = result["throughput"], result["paced"]
     return {
         "events": t["events"],
@@ -123,11 +163,7 @@ def bench_kafka(
         "paced_events": p["events"],
         **result["cpu"],
         "events_per_worker_cpu_s": t["events"] / max(result["cpu"]["worker_cpu_s"], 1e-9),
-        **result["bytes_per_user"],
-        "learner": settings.learner,
-        "inner_steps": settings.inner_steps,
-        "catalog_items": len(data.items),
-        "batch_max": settings.batch_max,
+        **result.get("bytes_per_user", {}),
     }
 
 

@@ -157,3 +157,39 @@ def test_restart_recovers_support_sets_and_never_applies_an_event_twice(broker, 
             f"{user}: {support.n_total} applied, {sent[user]} sent")
         assert len(support) == min(sent[user], settings.support_capacity)
     assert (Path(settings.data_dir) / "faust").is_dir()
+
+
+def test_echo_pipeline_answers_each_event_with_an_empty_list_and_dead_letters_bad_ones(
+    broker, tmp_path
+):
+    """The transport baseline of `kindling bench kafka`: same topics, decoding and DLQ as
+    serving, an empty recommendation per event, no model and no state."""
+    settings = _settings(broker, tmp_path, "echo").replace(pipeline="echo")
+    data = generate(n_users=30, n_items=50, events_per_user=(5, 8), seed=5)
+    events = data.events[:150]
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        with EventProducer(settings) as producer:
+            producer.interactions(events)
+            for raw, _ in MALFORMED[:3]:
+                producer.send_raw(settings.topic("interactions"), b"u-bad", raw)
+        recs = [json.loads(v) for _, v in consume(
+            settings, settings.topic("recommendations"), idle_timeout_s=10, deadline_s=120,
+            max_messages=len(events))]
+        dead = [json.loads(v)
+                for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.tail(200000), worker.tail()
+    assert sorted(r["source_event_id"] for r in recs) == sorted(e.event_id for e in events)
+    assert all(r["items"] == [] and r["model_version"] == "echo" for r in recs)
+    assert {r["user_id"] for r in recs} == {e.user_id for e in events}
+    assert len(dead) == 3 and all(d["reason"] for d in dead)
+
+
+def test_unknown_pipeline_is_refused(tmp_path) -> None:
+    from workers.app import Kindling
+
+    with pytest.raises(ValueError, match="pipeline"):
+        Kindling(Settings(data_dir=str(tmp_path), pipeline="fast"))
