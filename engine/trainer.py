@@ -210,7 +210,7 @@ def train_bundle(
             # them (a model that has trained on them prefers its own weights to any prior).
             late = latest_users(train_h, calibrate)
             kept = [h for h in train_h if all(h is not x for x in late)]
-            if late and kept:
+            if late and len(kept) >= len(late):  # else the probe would learn from too few
                 probe = create(name, config)
                 fit(probe, kept, max(1, steps // 2))
                 probe.eval()
@@ -219,6 +219,7 @@ def train_bundle(
         if scale is not None:
             rescale_recency(model, float(scale["scale"]))
             report["recency_calibration"] = scale
+            report["recency_scale"] = float(scale["scale"])  # a scalar for retrain.jsonl
     model.eval()
     if train_h and steps > 0 and not isinstance(catalog.encoder, HashingFeaturizer):
         # A text encoder's vectors: fit text -> item space on the warm items and fold it into the

@@ -184,8 +184,6 @@ class KindlingRunner:
         )
         self.info["fit_seconds"] = time.perf_counter() - t0
         self.info["train"] = {k: v for k, v in report.items() if isinstance(v, int | float | str)}
-        if "recency_calibration" in report:  # the multiplier chosen on the latest warm users
-            self.info["train"]["recency_scale"] = report["recency_calibration"]["scale"]
         self.rec = Recommender(self.settings, bundle, self.catalog, self.featurizer)
 
     def with_top_k(self, k: int, capacity: int) -> None:

@@ -155,8 +155,18 @@ def test_recency_calibration_rescales_the_trained_weight(log: SyntheticLog) -> N
     top = max(cal["ndcg"].values())
     assert cal["ndcg"][cal["scale"]] >= top - 0.005 * top
     assert weight(calibrated) == pytest.approx(weight(plain) * cal["scale"], rel=1e-5)
+    assert calibrated.report["recency_scale"] == cal["scale"]
     # everything else is the same model
     for (name, a), (_, b) in zip(plain.bundle.learner.named_parameters(),
                                  calibrated.bundle.learner.named_parameters(), strict=True):
         if not name.endswith("recency_weight"):
             torch.testing.assert_close(a, b, msg=name)
+
+
+def test_no_recency_calibration_when_the_probe_would_see_fewer_users_than_it_is_judged_on() -> None:
+    small = generate(n_users=30, n_items=60, n_clusters=3, events_per_user=(5, 10), seed=4)
+    catalog = Catalog(HashingFeaturizer(64, 32))
+    catalog.upsert(small.items)
+    result = train_bundle(SETTINGS, small.events, catalog, learner="fomaml", steps=5,
+                          pretrain_epochs=0, heldout_fraction=0.0)
+    assert "recency_calibration" not in result.report  # 20 latest users vs 10 to train a probe
