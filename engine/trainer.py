@@ -27,6 +27,7 @@ from models.recency import RecencySnapshots, decayed_counts
 from models.training import (
     UserHistory,
     calibrate_recency,
+    has_recency_weight,
     heldout_loss,
     latest_users,
     meta_train,
@@ -205,11 +206,12 @@ def train_bundle(
             return out
 
         scale = None
-        if calibrate > 0 and recency is not None and _has_recency_weight(model):
+        if calibrate > 0 and recency is not None and has_recency_weight(model):
             # Held out: a second model trained without the latest users picks the multiplier on
             # them (a model that has trained on them prefers its own weights to any prior).
             late = latest_users(train_h, calibrate)
-            kept = [h for h in train_h if all(h is not x for x in late)]
+            held_out = {id(h) for h in late}
+            kept = [h for h in train_h if id(h) not in held_out]
             if late and len(kept) >= len(late):  # else the probe would learn from too few
                 probe = create(name, config)
                 fit(probe, kept, max(1, steps // 2))
@@ -234,10 +236,6 @@ def train_bundle(
     report["heldout_loss"] = heldout_loss(model, held_h, bank) if held_h else math.nan
     bundle.metadata = {"report": report}
     return TrainResult(bundle, report, held)
-
-
-def _has_recency_weight(model: Any) -> bool:
-    return any(hasattr(m, "recency_weight") for m in model.modules())
 
 
 def bundle_heldout_loss(

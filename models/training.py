@@ -430,14 +430,19 @@ def _recency_module(learner: Learner) -> torch.nn.Module | None:
     return next((m for m in core.modules() if hasattr(m, "recency_weight")), None)
 
 
+def has_recency_weight(learner: Learner) -> bool:
+    """Whether the learner's item prior has a learned recency weight (trained bundles do)."""
+    return _recency_module(learner) is not None
+
+
 def latest_users(
-    histories: Sequence[UserHistory], fraction: float, *, minimum: int = 20
+    histories: Sequence[UserHistory], fraction: float, *, minimum: int = 20, maximum: int = 2000
 ) -> list[UserHistory]:
-    """The ``fraction`` of ``histories`` (at least ``minimum``, users with >= 2 events) whose
-    first event is latest; empty when histories carry no ``times``."""
+    """The ``fraction`` of ``histories`` (users with >= 2 events; at least ``minimum``, at most
+    ``maximum``) whose first event is latest; empty when histories carry no ``times``."""
     pool = [h for h in histories if len(h) >= 2 and h.times is not None]
     pool.sort(key=lambda h: float(h.times[0]))  # type: ignore[index]
-    n = min(len(pool), max(minimum, int(round(fraction * len(pool)))))
+    n = min(len(pool), maximum, max(minimum, int(round(fraction * len(pool)))))
     return pool[len(pool) - n :]
 
 

@@ -133,3 +133,19 @@ def test_calibrate_recency_leaves_the_weight_and_ignores_learners_without_one(pl
     torch.testing.assert_close(learner.tower.recency_weight.detach(), before)  # restored
     rescale_recency(learner, out["scale"])
     torch.testing.assert_close(learner.tower.recency_weight.detach(), before * out["scale"])
+
+
+def test_latest_users_are_the_last_to_arrive_within_bounds() -> None:
+    from models.training import UserHistory, latest_users
+
+    def user(first: float, n: int = 3) -> UserHistory:
+        return UserHistory(items=torch.zeros(n, dtype=torch.long), targets=torch.ones(n),
+                           ratings=torch.full((n,), math.nan), profile=torch.zeros(4),
+                           times=torch.arange(n, dtype=torch.float64) + first)
+
+    users = [user(float(t)) for t in (50, 10, 40, 30, 20)] + [user(99.0, n=1)]
+    got = latest_users(users, 0.4, minimum=1)
+    assert [float(h.times[0]) for h in got] == [40.0, 50.0]  # one-event user never picked
+    assert len(latest_users(users, 0.01, minimum=3)) == 3
+    assert len(latest_users(users, 1.0, minimum=1, maximum=2)) == 2
+    assert latest_users([replace(h, times=None) for h in users], 0.5) == []
