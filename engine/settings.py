@@ -58,9 +58,9 @@ class Settings:
     # Events Faust may queue for the interactions agent. It stops fetching a partition once the
     # queue is 80% full and resumes at 40% of that; each resume costs a fetch round trip (up to
     # fetch_max_wait_ms on a broker that holds fetches), so a small queue starves the agent: the
-    # echo pipeline ran 2,600 events/s with 1,024, 5,600 with 4,096 and 6,400 with 16,384. It
-    # must stay >= 10 x batch_max (one fetch returns up to 2 x batch_max records; a fuller queue
-    # blocks the fetcher, which then misses max_poll_interval).
+    # echo pipeline ran 2,600 events/s with 1,024, 5,600 with 4,096 and 6,400 with 16,384. The
+    # worker raises it to at least 10 x batch_max (one fetch returns up to 2 x batch_max records;
+    # a fuller queue blocks the fetcher, which then misses max_poll_interval).
     stream_buffer_events: int = 8192
     # "full" serves recommendations. "echo" is the transport baseline of `kindling bench kafka`:
     # each interaction is decoded and validated (bad ones dead-lettered) and answered with an

@@ -463,6 +463,7 @@ def first_n_ndcg(
     training."""
     core = _train_core(learner)
     discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])  # by |relevant|
     out: dict[int, float] = {}
     with torch.no_grad():
         shared = core.prepare_train(bank) if recency is None else None
@@ -486,7 +487,6 @@ def first_n_ndcg(
                 relevant = torch.zeros_like(seen)
                 relevant.scatter_(1, batch.query_items, batch.query_mask)
                 gains = torch.gather(relevant, 1, top).to(torch.float64)
-                ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])
                 idcg = ideal[relevant.sum(1).clamp(max=k)]
                 ndcg = (gains * discount).sum(1) / idcg.clamp(min=1e-12)
                 total += float(torch.where(idcg > 0, ndcg, 0.0).sum())
