@@ -14,6 +14,9 @@ Formats, detected from the file name
 ``movies.dat``          ``MovieID::Title::Genres`` (latin-1)
 ``u.item``              ``|``-separated, 19 genre flags (genre names from a sibling ``u.genre``)
 ``tags.csv``            ``userId,movieId,tag,timestamp``: distinct tags appended to item text
+``<domain>_ratings.dat``  Douban (GA-DTCDR release): tab-separated ``user item rating``, no
+                        header, no timestamps: the row order is the time order (``ts`` = line
+                        number); item ids become ``<domain>:<item>`` (ids are per domain)
 other ``*.csv``         generic CSV, columns named by ``mapping`` (default: the wire names)
 ``*.jsonl``/``*.json``  generic JSON lines, keys named by ``mapping``
 =====================  =====================================================================
@@ -307,11 +310,40 @@ def _blank_to_none(value: Any) -> Any:
     return None if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
+def _douban_ratings(
+    path: Path, source: str, stats: ReadStats, scale: RatingScale, domain: str
+) -> Iterator[Interaction]:
+    """Douban ``<domain>_ratings.dat``: ``user<TAB>item<TAB>rating``, row order = time order."""
+    for line_no, cols in _split_rows(path, "\t", "utf-8", header=False):
+        stats.rows += 1
+        try:
+            if len(cols) != 3:
+                raise BadRow(f"expected 3 fields, got {len(cols)}")
+            user, item, rating = (c.strip() for c in cols)
+            if not item:
+                raise BadRow("empty item id")
+            yield _event(source, line_no, user, f"{domain}:{item}", rating, None, scale=scale,
+                         domain=domain)
+            stats.ok += 1
+        except BadRow as exc:
+            stats.skip(line_no, str(exc))
+
+
+def douban_domain(path: str | Path) -> str | None:
+    """``book`` for ``book_ratings.dat`` (the Douban ratings layout), else ``None``."""
+    name = Path(path).name.lower()
+    if name.endswith("_ratings.dat") and len(name) > len("_ratings.dat"):
+        return name[: -len("_ratings.dat")]
+    return None
+
+
 def log_format(path: str | Path, mapping: Mapping[str, str] | None = None) -> str:
-    """The reader :func:`read_log` would use: ``movielens`` or ``generic``."""
+    """The reader :func:`read_log` would use: ``movielens``, ``douban`` or ``generic``."""
     name = Path(path).name.lower()
     if mapping is None and name in ("ratings.csv", "ratings.dat", "u.data"):
         return "movielens"
+    if mapping is None and douban_domain(path) is not None:
+        return "douban"
     return "generic"
 
 
@@ -330,8 +362,9 @@ def read_log(
     Parameters
     ----------
     path : str or Path
-        A MovieLens ``ratings.csv``/``ratings.dat``/``u.data`` (detected by name), or any CSV /
-        JSONL log read with ``mapping``.
+        A MovieLens ``ratings.csv``/``ratings.dat``/``u.data`` or a Douban
+        ``<domain>_ratings.dat`` (detected by name), or any CSV / JSONL log read with
+        ``mapping``.
     mapping : mapping, optional
         Wire field → column/key, e.g. ``{"user_id": "uid", "item_id": "iid", "value": "r",
         "ts": "t", "kind": "action"}``. Unnamed fields are looked up under their wire name; a
@@ -341,7 +374,8 @@ def read_log(
     source_name : str, optional
         Prefix of the deterministic event ids (default: the file name).
     domain : str
-        Domain of events whose row names none.
+        Domain of events whose row names none (a Douban file: its own domain, from the file
+        name, unless this is given).
     scale : RatingScale
         Ratings outside it are skipped as bad rows.
     sort : bool
@@ -357,8 +391,12 @@ def read_log(
     stats = ReadStats(source=str(path))
     if default_kind not in KINDS:
         raise ValueError(f"unknown default kind {default_kind!r}; expected one of {KINDS}")
-    if log_format(path, mapping) == "movielens":
+    fmt = log_format(path, mapping)
+    if fmt == "movielens":
         events = list(_movielens_log(path, source, stats, scale, domain))
+    elif fmt == "douban":
+        own = douban_domain(path) if domain == "default" else domain
+        events = list(_douban_ratings(path, source, stats, scale, own or domain))
     else:
         events = list(_generic_log(path, source, stats, mapping or {}, default_kind, scale, domain))
     if sort:

@@ -143,3 +143,35 @@ def test_ml_latest_small_readers() -> None:
     assert len(items) == 9_742 and items.stats.n_skipped == 0
     toy = next(i for i in items if i.item_id == "1")
     assert "Animation" in toy.attributes["genres"] and "pixar" in toy.text
+
+
+def test_douban_ratings_row_order_is_time_and_items_are_per_domain(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "music_ratings.dat",
+        "2\t3601\t3\n"
+        "2\t2171\t5\n"
+        "3\t\t4\n"  # empty item
+        "3\t17\t9\n"  # out of range
+        "3\t17\n"  # missing field
+        "1\t3601\t1\n",
+    )
+    assert log_format(path) == "douban"
+    read = read_log(path)
+    assert [(e.user_id, e.item_id, e.value) for e in read] == [
+        ("2", "music:3601", 3.0), ("2", "music:2171", 5.0), ("1", "music:3601", 1.0)]
+    assert [e.ts for e in read] == [1.0, 2.0, 6.0]  # the line number: row order is time order
+    assert {e.domain for e in read} == {"music"} and {e.kind for e in read} == {"rate"}
+    assert read.stats.ok == 3 and read.stats.n_skipped == 3
+    assert read_log(path, domain="albums").events[0].item_id == "albums:3601"
+
+
+@pytest.mark.data
+def test_douban_files_as_published() -> None:
+    folder = DATA.parent / "douban-book-music"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    books = read_log(folder / "book_ratings.dat")
+    music = read_log(folder / "music_ratings.dat")
+    assert (len(books.events), len(music.events)) == (96_041, 69_709)
+    assert books.stats.n_skipped == music.stats.n_skipped == 0
+    assert len({e.user_id for e in books} & {e.user_id for e in music}) == 1_566
