@@ -16,6 +16,7 @@ COPY models ./models
 COPY streams ./streams
 COPY workers ./workers
 COPY evaluation ./evaluation
+COPY ops ./ops
 RUN pip install .
 
 VOLUME ["/data"]

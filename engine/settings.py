@@ -140,6 +140,16 @@ class Settings:
             out["sasl_password"] = "***"
         return out
 
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with these settings as ``KINDLING_*`` variables, for a
+        child process (a worker, a retrain round); a secret is inherited from this process's
+        environment, never written out."""
+        env = dict(os.environ)
+        for key, value in self.public().items():
+            if key != "sasl_password":
+                env[ENV_PREFIX + key.upper()] = str(value)
+        return env
+
 
 def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(

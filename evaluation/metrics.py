@@ -22,6 +22,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 import numpy as np
+import torch
+
+from models import metrics as models_metrics
 
 _PAD = -1
 
@@ -98,12 +101,12 @@ def hr_at_k(hits: np.ndarray, k: int) -> np.ndarray:
 
 
 def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    """Per-user NDCG@K with binary gains; users with no relevant item get 0."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (_at(hits, k) * discounts).sum(axis=1)
-    ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
-    idcg = ideal_cum[np.minimum(n_relevant, k)]
-    return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+    """Per-user NDCG@K with binary gains; users with no relevant item get 0
+    (:func:`models.metrics.ndcg_at_k`, the project's one implementation)."""
+    per_user = models_metrics.ndcg_at_k(
+        torch.from_numpy(np.ascontiguousarray(_at(hits, k))),
+        torch.from_numpy(np.asarray(n_relevant, dtype=np.int64)), k)
+    return per_user.numpy()
 
 
 def mrr(hits: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,8 +314,7 @@ def replay(
     max_stream_events: int | None = None,
     settings: Any = None,
     trace: dict[str, Any] | None = None,
-    via_kafka: bool = False,
-    via_kafka_workers: int = 1,
+    serve_via: Callable[[Runner, ReplayLog], Runner] | None = None,
 ) -> dict[str, Any]:
     """Replay ``log`` under one protocol for every model; see the module docstring.
 
@@ -351,11 +350,11 @@ def replay(
     trace : dict, optional
         Filled with per-model inputs and recommendations (``train_digest``, ``supports``,
         ``recommendations``) for audits such as the leakage test.
-    via_kafka : bool
-        Prequential only: Kindling learners serve through the embedded broker and a real worker
-        process (:mod:`evaluation.via_kafka`) instead of in-process; baselines are unchanged.
-    via_kafka_workers : int
-        With ``via_kafka``: worker processes in one consumer group (the others join mid-stream).
+    serve_via : callable, optional
+        Prequential only: wraps each Kindling learner's in-process runner in one that serves the
+        same trained model another way, e.g. through the embedded broker and real worker
+        processes (``ops.replay_kafka.via_kafka``); its ``label`` is reported as
+        ``meta["served_via"]``. Baselines are unchanged.
 
     Returns
     -------
@@ -366,8 +365,9 @@ def replay(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if via_kafka and protocol != "prequential":
-        raise ValueError("via_kafka streams events through a worker: use protocol='prequential'")
+    if serve_via is not None and protocol != "prequential":
+        raise ValueError("serve_via streams events through another server: use "
+                         "protocol='prequential'")
     progress = sys.stderr.isatty() if progress is None else progress
     data = as_replay_log(log)
     t_start = time.perf_counter()
@@ -385,7 +385,7 @@ def replay(
         "new_user_fraction": new_user_fraction,
         "new_item_fraction": new_item_fraction,
         "train_steps": train_steps,
-        "via_kafka": via_kafka,
+        "served_via": getattr(serve_via, "label", "in-process") if serve_via else "in-process",
         "models": {},
     }
     split = _split(data, protocol, new_user_fraction, new_item_fraction, max_stream_events)
@@ -399,10 +399,8 @@ def replay(
             train_steps=train_steps,
             settings=settings,
         )
-        if via_kafka and not is_baseline(name):
-            from evaluation.via_kafka import KafkaRunner
-
-            runner = KafkaRunner(runner, data.items, workers=via_kafka_workers)
+        if serve_via is not None and not is_baseline(name):
+            runner = serve_via(runner, data)
         model_trace = None if trace is None else trace.setdefault(name, {})
         results[name] = _run(
             runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from models.base import ItemBank, Learner
 from models.common import TowerLearner
+from models.metrics import ndcg_at_k
 from models.training import UserHistory
 
 OBJECTIVES = ("bce", "bpr", "softmax", "mse")
@@ -172,12 +173,11 @@ def evaluate_objective(
     ranks = (ex[:, None, :] > ex.gather(1, xo)[:, :, None]).sum(-1) + 1  # (B, T)
     inv = torch.where(m, 1.0 / ranks.float(), 0.0)
     mrr = float((inv.max(1).values).mean())
-    gains = torch.where(m & (ranks <= 10), 1.0 / torch.log2(ranks.float() + 1), 0.0).sum(1)
-    ideal = torch.stack([
-        (1.0 / torch.log2(torch.arange(2, 2 + min(int(c), 10)).float())).sum()
-        for c in m.sum(1)
-    ])
-    ndcg = float((gains / ideal.clamp(min=1e-9)).mean())
+    # the top-10 positions the held-out items landed on, as a hit matrix
+    top = m & (ranks <= 10)
+    hits = torch.zeros(ranks.shape[0], 11, dtype=torch.bool)
+    hits.scatter_(1, torch.where(top, ranks, 0), top)
+    ndcg = float(ndcg_at_k(hits[:, 1:], m.sum(1), 10).mean())
     lo, hi = core.config.rating_min, core.config.rating_max
     rated = m & ~torch.isnan(ro)
     err = (lo + (hi - lo) * torch.sigmoid(pos) - torch.nan_to_num(ro))[rated]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from models.base import ItemBank, Learner, SupportBatch
 from models.common import TowerLearner
+from models.metrics import ndcg_at_k
 from models.recency import RecencySnapshots, recency_feature
 
 
@@ -462,8 +463,6 @@ def first_n_ndcg(
     ``recency`` each episode's item prior sees the counts as of its own position, as in
     training."""
     core = _train_core(learner)
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
-    ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])  # by |relevant|
     out: dict[int, float] = {}
     with torch.no_grad():
         shared = core.prepare_train(bank) if recency is None else None
@@ -486,10 +485,8 @@ def first_n_ndcg(
                 top = scores.masked_fill(seen, float("-inf")).topk(k, dim=1).indices  # (B, k)
                 relevant = torch.zeros_like(seen)
                 relevant.scatter_(1, batch.query_items, batch.query_mask)
-                gains = torch.gather(relevant, 1, top).to(torch.float64)
-                idcg = ideal[relevant.sum(1).clamp(max=k)]
-                ndcg = (gains * discount).sum(1) / idcg.clamp(min=1e-12)
-                total += float(torch.where(idcg > 0, ndcg, 0.0).sum())
+                hits = torch.gather(relevant, 1, top)
+                total += float(ndcg_at_k(hits, relevant.sum(1), k).sum())
             out[n] = total / len(keep) if keep else math.nan
     return out
 

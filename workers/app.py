@@ -54,7 +54,6 @@ from streams.topics import TopicNames, client_config
 from workers import recovery_compat
 from workers.faust_compat import set_fetch_max_wait
 from workers.metrics import Metrics
-from workers.process import settings_env
 from workers.web import HealthState, WebServer, consumer_lag, event_age
 
 log = logging.getLogger("kindling.worker")
@@ -511,7 +510,7 @@ class Kindling:
                  n_users, n_events, len(items), directory)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "workers.cli", "retrain", str(directory),
-            env=settings_env(s), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env=s.child_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         # Leave the child a core: torch's intra-op team waits for its slowest thread, and a
         # thread sharing a core with the child makes every ranking wait (2 cores, 2 serving

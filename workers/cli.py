@@ -128,7 +128,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from workers.demo import run_demo
+    from ops.demo import run_demo
 
     return run_demo(args)
 
@@ -200,7 +200,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from workers.bench import run
+    from ops.bench import run
 
     settings = settings_from(args)
     _logging(settings.log_level if not args.json else "warning")
@@ -208,7 +208,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from workers.fuzz import run
+    from ops.fuzz import run
 
     settings = settings_from(args)
     _logging("warning")
@@ -216,7 +216,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from workers.chaos import run
+    from ops.chaos import run
 
     settings = settings_from(args)
     _logging("warning" if args.json else settings.log_level)
@@ -232,7 +232,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from workers.load import run
+    from ops.load import run
 
     settings = settings_from(args)
     _logging("warning")

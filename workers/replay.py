@@ -17,8 +17,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     ]
     options = {"settings": settings, "progress": not args.no_progress}
     if getattr(args, "via_kafka", False):
-        options["via_kafka"] = True
-        options["via_kafka_workers"] = getattr(args, "worker_processes", 1)
+        from ops.replay_kafka import via_kafka
+
+        options["serve_via"] = via_kafka(workers=getattr(args, "worker_processes", 1))
     if args.steps is not None:
         options["train_steps"] = args.steps
     report = run_replay(

@@ -12,11 +12,11 @@ import pytest
 
 from engine.exploration import UserStats, decode_item_stats, item_key, stats_partition
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

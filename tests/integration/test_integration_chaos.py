@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.chaos import ChaosReport, chaos_settings, run_chaos
+from ops.chaos import ChaosReport, chaos_settings, run_chaos
 
 pytestmark = pytest.mark.integration
 

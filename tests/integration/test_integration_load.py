@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.load import LoadReport, Sample, load_settings, run_load, worker_rss_mib
+from ops.load import LoadReport, Sample, load_settings, run_load, worker_rss_mib
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from engine.settings import Settings
+from ops.process import WorkerProcess
 from schemas import Interaction, Item
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from evaluation.replay import replay, time_cut
 from evaluation.runners import KindlingRunner
 from evaluation.synthetic import generate
-from evaluation.via_kafka import KafkaRunner
+from ops.replay_kafka import KafkaRunner, via_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +28,11 @@ def test_worker_and_in_process_replay_recommend_identically(broker, log, tmp_pat
     inner.with_top_k(10, 20)
     in_process = list(inner.stream(warm, stream, 10))
     runner = KafkaRunner(inner, log.items, broker_url=broker.url, workdir=tmp_path)
-    via_kafka = list(runner.stream(warm, stream, 10))
+    served = list(runner.stream(warm, stream, 10))
     assert runner.info["topic_lists"] > len(stream) // 2  # mostly lists the worker published
-    assert len(via_kafka) == len(in_process) == len(stream)
-    differing = [i for i, (a, b) in enumerate(zip(in_process, via_kafka, strict=True)) if a != b]
-    assert not differing, (len(differing), in_process[differing[0]], via_kafka[differing[0]])
+    assert len(served) == len(in_process) == len(stream)
+    differing = [i for i, (a, b) in enumerate(zip(in_process, served, strict=True)) if a != b]
+    assert not differing, (len(differing), in_process[differing[0]], served[differing[0]])
     # Every event the worker saw (earlier history + stream) got exactly the in-process list.
     supports: dict[str, bytes] = {}
     active = {e.user_id for e in stream}
@@ -49,8 +49,8 @@ def test_worker_and_in_process_replay_recommend_identically(broker, log, tmp_pat
 
 def test_replay_cli_path_reports_via_kafka(log):
     report = replay(log, protocol="prequential", models=["popularity", "fomaml"], train_steps=60,
-                    seed=1, max_stream_events=300, via_kafka=True, progress=False)
-    assert report["meta"]["via_kafka"] is True
+                    seed=1, max_stream_events=300, serve_via=via_kafka(), progress=False)
+    assert report["meta"]["served_via"] == "kafka"
     assert report["meta"]["models"]["fomaml"]["kind"] == "kindling-via-kafka"
     in_process = replay(log, protocol="prequential", models=["fomaml"], train_steps=60, seed=1,
                         max_stream_events=300, progress=False)

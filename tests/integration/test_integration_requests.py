@@ -25,11 +25,11 @@ from evaluation.synthetic import PLANTED_SOURCE as SOURCE
 from evaluation.synthetic import PLANTED_TARGET as TARGET
 from evaluation.synthetic import planted_cross_domain as planted_log
 from evaluation.synthetic import planted_item as item
+from ops.process import WorkerProcess
 from schemas import Interaction, Item, RecommendationRequest
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 from workers.requests import send_request
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ from engine.features import HashingFeaturizer
 from engine.retrain import read_outcomes
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

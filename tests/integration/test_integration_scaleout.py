@@ -9,7 +9,7 @@ import pytest
 from evaluation.replay import time_cut
 from evaluation.runners import KindlingRunner
 from evaluation.synthetic import generate
-from evaluation.via_kafka import KafkaRunner
+from ops.replay_kafka import KafkaRunner
 
 pytestmark = pytest.mark.integration
 

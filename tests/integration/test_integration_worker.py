@@ -15,11 +15,11 @@ from engine.settings import Settings
 from engine.support import UserSupport
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -122,7 +122,7 @@ def test_password_is_never_a_cli_flag() -> None:
 def test_worker_process_does_not_write_the_password_into_env(monkeypatch) -> None:
     # The child inherits KINDLING_SASL_PASSWORD from the parent's env (the only way in), but
     # the helper never copies it out of a Settings object.
-    from workers.process import WorkerProcess
+    from ops.process import WorkerProcess
 
     monkeypatch.delenv("KINDLING_SASL_PASSWORD", raising=False)
     env = WorkerProcess(_secret_settings(), "/tmp/unused.log").env()

@@ -1,4 +1,5 @@
-"""Run ``kindling worker`` as a child process (the demo and the integration tests use this)."""
+"""Run ``kindling worker`` as a child process (the demo, the benchmarks, the fault-injection
+tools and the integration tests use this)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.settings import ENV_PREFIX, Settings
+from engine.settings import Settings
 
 # What the items agent logs per batch (workers/app.py); counts add up to the items received.
 _CATALOG_LINE = re.compile(rb"catalog: (\d+) items received")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """This process's environment with ``settings`` as ``KINDLING_*`` variables (a secret is
-    inherited from the parent's environment, never written out)."""
-    env = dict(os.environ)
-    for key, value in settings.public().items():
-        if key != "sasl_password":
-            env[ENV_PREFIX + key.upper()] = str(value)
-    return env
 
 
 class WorkerProcess:
@@ -35,7 +26,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        return settings_env(self.settings)
+        return self.settings.child_env()
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from models.bench import bench_adapt
+from ops.bench_adapt import bench_adapt
 
 
 def test_bench_adapt_report() -> None:

@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ops.fuzz import FuzzHarness, FuzzResult, interleave
 from schemas import SchemaError, decode_interaction
 from workers.cli import main
-from workers.fuzz import FuzzHarness, FuzzResult, interleave
 
 FUZZ = settings(
     max_examples=300, deadline=None, database=None,
@@ -57,7 +57,7 @@ def test_harness_rejects_a_reasonless_schema_error(harness: FuzzHarness, monkeyp
     def reasonless(raw, scale=None):
         raise SchemaError("")
 
-    monkeypatch.setattr("workers.fuzz.decode_interaction", reasonless)
+    monkeypatch.setattr("ops.fuzz.decode_interaction", reasonless)
     result = harness.run(harness.good_events(1))
     assert len(result.crashes) == 1 and "without a reason" in result.crashes[0]["error"]
 

@@ -79,19 +79,19 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         n = 500 if args.quick else 3000
         result = bench_encode_items(settings, getattr(args, "items", None), n)
     elif args.what == "kafka":
-        from workers.bench_kafka import bench_kafka
+        from ops.bench_kafka import bench_kafka
 
         result = bench_kafka(
             settings, n_events=2000 if args.quick else args.events, rate=args.rate,
             paced_events=1000 if args.quick else max(2000, int(args.rate * 5)),
         )
     elif args.what == "retrain":
-        from workers.bench_retrain import bench_retrain
+        from ops.bench_retrain import bench_retrain
 
         result = bench_retrain(settings, rate=args.rate, baseline_s=args.baseline_s,
                                after_s=args.after_s)
     elif args.what == "adapt":
-        from models.bench import bench_adapt
+        from ops.bench_adapt import bench_adapt
 
         result = bench_adapt(seconds=3.0 if args.quick else 12.0)
     else:

@@ -40,6 +40,17 @@ from schemas import Interaction, Item, User
 logger = logging.getLogger(__name__)
 
 
+def via_kafka(workers: int = 1, **options: Any) -> Any:
+    """A ``serve_via`` hook for :func:`evaluation.replay.replay`: each Kindling learner is served
+    by :class:`KafkaRunner` (``workers`` processes in one consumer group)."""
+
+    def wrap(runner: KindlingRunner, log: Any) -> KafkaRunner:
+        return KafkaRunner(runner, log.items, workers=workers, **options)
+
+    wrap.label = "kafka"  # type: ignore[attr-defined]
+    return wrap
+
+
 
 class KafkaRunner:
     """Prequential replay through the embedded broker and a worker process."""
@@ -124,10 +135,10 @@ class KafkaRunner:
     def _serve_on(self, broker_url: str, events: Sequence[Interaction]) -> dict[str, list[str]]:
         from engine.bundle import versions_dir
         from engine.trainer import save_bundle
+        from ops.process import WorkerProcess
         from streams.broker import embedded_worker_settings, free_port
         from streams.kafka import EventProducer, consume
         from streams.topics import ensure_topics
-        from workers.process import WorkerProcess
 
         run = uuid.uuid4().hex[:8]
         settings = embedded_worker_settings(

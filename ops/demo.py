@@ -19,11 +19,11 @@ from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
 from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from schemas import User
 from streams.broker import EmbeddedBroker, embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import ensure_topics
-from workers.process import WorkerProcess
 
 
 def _split_new_users(events: list, fraction: float = 0.3) -> tuple[list, list]:

@@ -122,9 +122,9 @@ def _run_worker(s: Settings, broker_pid: int | None, items: Sequence[Any],
                 rate: float) -> dict[str, Any]:
     from kafka import KafkaConsumer
 
+    from ops.process import WorkerProcess
     from streams.kafka import EventProducer
     from streams.topics import client_config, ensure_topics
-    from workers.process import WorkerProcess
 
     ensure_topics(s)
     worker = WorkerProcess(s, Path(s.data_dir).parent / f"{s.pipeline}-worker.log").start()

@@ -9,7 +9,7 @@ it encodes. Any other exception is a *crash* and is recorded with the payload th
 The case generator is hand-written (seeded ``random.Random``) rather than Hypothesis because the
 ``kindling fuzz`` command must run 100,000+ cases in a couple of minutes and mix them into a
 throughput measurement; the test suite adds Hypothesis strategies on top of the same harness
-(``tests/workers/test_workers_fuzz.py``). Categories cover random bytes, byte-level mutations of
+(``tests/ops/test_ops_fuzz.py``). Categories cover random bytes, byte-level mutations of
 valid events, wrong types, huge payloads, deep nesting, odd unicode (lone surrogates, NUL, RTL,
 emoji, combining marks, BOM, line separators), NaN/inf and out-of-range numbers.
 """

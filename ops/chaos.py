@@ -33,11 +33,11 @@ from typing import Any
 from engine.settings import Settings
 from engine.support import UserSupport, event_hash
 from evaluation.synthetic import generate
+from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer, consume
 from streams.topics import client_config, ensure_topics
-from workers.process import WorkerProcess
 
 
 @dataclass

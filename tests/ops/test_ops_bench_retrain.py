@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine.settings import Settings
-from workers.bench_retrain import GUARD_S, WARMUP_S, RoundWatch, _children, _report
+from ops.bench_retrain import GUARD_S, WARMUP_S, RoundWatch, _children, _report
 
 
 def test_children_finds_only_retrain_children() -> None:

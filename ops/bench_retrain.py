@@ -118,11 +118,11 @@ def bench_retrain(settings: Settings, rate: float = 1000.0, baseline_s: float = 
 
     from engine.retrain import read_outcomes
     from engine.trainer import save_bundle, train_bundle
+    from ops.bench_kafka import bench_workload
+    from ops.process import WorkerProcess
     from streams.broker import EmbeddedBroker, embedded_worker_settings
     from streams.kafka import EventProducer
     from streams.topics import client_config, ensure_topics
-    from workers.bench_kafka import bench_workload
-    from workers.process import WorkerProcess
 
     data, catalog, events, cut = bench_workload(settings)
     workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-retrain-"))

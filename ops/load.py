@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 
 from engine.settings import Settings
+from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
 from streams.topics import client_config, ensure_topics
-from workers.process import WorkerProcess
 
 #: The worker encodes recommendations as compact JSON; the driver only needs the source event id
 #: and reads thousands per second on a shared core, so it pulls the id out without a full parse.
