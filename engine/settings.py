@@ -280,6 +280,9 @@ class Settings(BaseSettings):
     log_level: Annotated[Literal["debug", "info", "warning", "error", "critical"],
                          BeforeValidator(_lower)] = "info"
     """Log level."""
+    # engine/online.py: about 250 bytes of memory per user remembered
+    online_hits_users: int = Field(100_000, ge=0)
+    """Users whose last lists are remembered for online hit@K in /metrics (LRU); 0 = off."""
 
     # ---------------------------------------------------------------- checks across fields
     @validates("learner")

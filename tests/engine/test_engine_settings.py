@@ -130,6 +130,7 @@ CASES: dict[str, Case] = {
     "log_format": Case("json", "json", ("xml",), ("text", "json")),
     "log_level": Case("WARNING", "warning", ("loud",),
                       ("debug", "info", "warning", "error", "critical")),
+    "online_hits_users": Case("0", 0, ("-1", "all")),
 }
 
 
