@@ -13,8 +13,10 @@ metric is a statistic, and a second changelog record per event would cost far mo
 worth. So after a restart, a rebalance or an LRU eviction the first event of a user who already
 has a support set is counted as ``unscored`` instead. A user's very first event (support size 0)
 is scored against the list the worker *would* have published for them before it (the model's
-prior for their profile and the event's domain, ranked as a recommendation request is), so
-bucket 0 measures the cold start itself; that costs one extra ranking row per new user.
+prior for their attributes and the event's domain, ranked as a recommendation request is), so
+bucket 0 measures the cold start itself. Users with the same attributes share a prior, so that
+costs one ranking row per distinct (domain, attributes) per model/catalog version, not per user
+(with exploration on, priors are per user: explore picks are seeded per user).
 
 Per micro-batch the work is one pass over the events to find each one's previous list (an earlier
 event of the same user in this batch, the map, or the prior) and numpy for the rest: popularity's
@@ -23,6 +25,7 @@ lists for the whole batch at once, the hit test and the per-bucket counts.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ _BUCKET_LOW = np.array([0, 1, 3, 6, 11])
 LISTS: tuple[str, ...] = ("model", "popularity")
 
 ProfileLookup = Callable[[str], Mapping[str, Any] | None]
+PRIOR_CACHE_SIZE = 10_000  # distinct (domain, attributes) priors kept
 
 
 def bucket_of(sizes: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -169,6 +173,9 @@ class OnlineHits:
         self.max_users = max_users
         self.popularity = PopularityLists(top_k)
         self._lists: OrderedDict[str, bytes] = OrderedDict()  # user -> (2, top_k) int32 rows
+        self._prior_cache: dict[Any, np.ndarray] = {}  # (domain, attributes) -> (2, top_k)
+        self._prior_basis: object | None = None  # the recommender.prepared() they were made on
+        self.prior_rows = 0  # ranking rows spent on priors (the bookkeeping's main cost)
 
     def __len__(self) -> int:
         return len(self._lists)
@@ -213,9 +220,7 @@ class OnlineHits:
             lists = np.frombuffer(b"".join(stored), dtype=np.int32).reshape(-1, len(LISTS), k)
             self._count(counts, snapshots, index, list(at), lists)
         if from_prior:
-            probes = [recommender.request(snapshots[i].event.user_id, snapshots[i].event.domain,
-                                          {}) for i in from_prior]
-            priors = self._published(recommender, probes, recommender.rank(probes, profile_of))
+            priors = self._priors(recommender, [snapshots[i] for i in from_prior], profile_of)
             self._count(counts, snapshots, index, from_prior, priors)
         self._remember(snapshots, published, latest)
         return counts
@@ -228,6 +233,37 @@ class OnlineHits:
             self._remember(snapshots, self._published(recommender, snapshots, recs), latest)
 
     # ---------------------------------------------------------------- helpers
+    def _priors(self, recommender: Recommender, snapshots: Sequence[Snapshot],
+                profile_of: ProfileLookup | None) -> np.ndarray:
+        """(B, 2, top_k): the lists a user with no events would have been served, in the
+        event's domain. Without exploration a prior depends only on the domain and the user's
+        attributes (and the model, catalog and counts, i.e. ``recommender.prepared()``), so
+        users who share them share one ranking row: attributes are usually a few categories."""
+        prepared = recommender.prepared()
+        if prepared is not self._prior_basis or len(self._prior_cache) > PRIOR_CACHE_SIZE:
+            self._prior_cache.clear()
+            self._prior_basis = prepared
+        cacheable = recommender.explorer is None  # explore picks are seeded per user
+        keys: list[Any] = []
+        todo: dict[Any, int] = {}
+        for i, snap in enumerate(snapshots):
+            attrs = profile_of(snap.event.user_id) if profile_of is not None else None
+            key = ((snap.event.domain, json.dumps(attrs, sort_keys=True, default=str)
+                    if attrs else "") if cacheable else i)
+            keys.append(key)
+            if key not in self._prior_cache:
+                todo.setdefault(key, i)
+        if todo:
+            probes = [recommender.request(snapshots[i].event.user_id, snapshots[i].event.domain,
+                                          {}) for i in todo.values()]
+            lists = self._published(recommender, probes, recommender.rank(probes, profile_of))
+            self.prior_rows += len(probes)
+            fresh = dict(zip(todo, lists, strict=True))
+            if not cacheable:
+                return np.stack([fresh[key] for key in keys])
+            self._prior_cache.update(fresh)
+        return np.stack([self._prior_cache[key] for key in keys])
+
     def _published(self, recommender: Recommender, snapshots: Sequence[Snapshot],
                    recs: Sequence[Recommendation]) -> np.ndarray:
         """(B, 2, top_k) int32: each published list and popularity's list for the same state."""

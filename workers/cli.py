@@ -324,9 +324,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     settings_flags(p)
     p.set_defaults(func=cmd_finetune_encoder)
 
-    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | encode | kafka | retrain")
+    p = sub.add_parser("bench",
+                       help="benchmarks: adapt | pipeline | encode | kafka | retrain | online")
     p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["adapt", "pipeline", "encode", "kafka", "retrain"])
+                   choices=["adapt", "pipeline", "encode", "kafka", "retrain", "online"])
     p.add_argument("--items", default=None,
                    help="encode: an item file (default: MovieLens movies.csv when present)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
