@@ -91,3 +91,22 @@ class Metrics:
             self.lag.labels(str(partition)).set(n)
         self._lag_partitions = set(lag)
         self.last_event_age.set(-1.0 if last_event_age is None else last_event_age)
+
+
+def read_online(text: str) -> tuple[HitCounts, list[str]]:
+    """The online hit@K counters in a ``/metrics`` page, and their sample lines (``_total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = HitCounts()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kindling_online_events_total":
+                counts.events[BUCKETS.index(sample.labels["bucket"])] = int(sample.value)
+            elif sample.name == "kindling_online_hits_total":
+                at = LISTS.index(sample.labels["list"]), BUCKETS.index(sample.labels["bucket"])
+                counts.hits[at] = int(sample.value)
+            elif sample.name == "kindling_online_unscored_events_total":
+                counts.unscored = int(sample.value)
+    lines = [line for line in text.splitlines()
+             if line.startswith("kindling_online") and "_total" in line.split("{")[0]]
+    return counts, lines
