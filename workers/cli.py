@@ -221,7 +221,11 @@ def cmd_load(args: argparse.Namespace) -> int:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``kindling`` parser. ``command``: add the settings flags to that sub-command only
     (about 60 flags per command: building them all for every invocation is wasted)."""
-    parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kindling",
+        description="Kindling: a streaming cold-start recommender worker on Kafka. Settings come "
+        "from KINDLING_* environment variables and --flags: 'kindling worker --help' lists them "
+        "(the other commands: COMMAND --help-settings). Start with 'kindling demo'.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def settings_flags(p: argparse.ArgumentParser, listed: bool = False) -> None:
