@@ -29,6 +29,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,6 +97,10 @@ class PopularityLists:
         self.top_k = top_k
         self._key: tuple[int, int, str] | None = None
         self._orders: dict[str | None, np.ndarray] = {}
+        self._domains: list[str | None] = []
+        self._slot: dict[str | None, int] = {}
+        self._lengths = np.zeros(0, dtype=np.int64)
+        self._heads = np.zeros((0, 0), dtype=np.int64)
 
     def orders(self, recommender: Recommender) -> dict[str | None, np.ndarray]:
         """Catalog rows by falling popularity, per domain (key None: every row)."""
@@ -117,8 +122,22 @@ class PopularityLists:
                 ordered_codes = codes[order]
                 self._orders.update({name: order[ordered_codes == code]
                                      for name, code in names.items()})
+            self._domains = list(self._orders)
+            self._slot = {name: i for i, name in enumerate(self._domains)}
+            self._lengths = np.array([o.shape[0] for o in self._orders.values()])
+            self._heads = np.zeros((len(self._domains), 0), dtype=np.int64)
             self._key = key
         return self._orders
+
+    def _head(self, depth: int) -> np.ndarray:
+        """(domains, depth) int64: each order's first ``depth`` rows, -1 past its end."""
+        if self._heads.shape[1] < depth:
+            heads = np.full((len(self._domains), depth), -1, dtype=np.int64)
+            for i, order in enumerate(self._orders.values()):
+                head = order[:depth]
+                heads[i, : head.shape[0]] = head
+            self._heads = heads
+        return self._heads[:, :depth]
 
     def lists(self, recommender: Recommender, snapshots: Sequence[Snapshot]) -> np.ndarray:
         """(B, top_k) int32 catalog rows, best first, -1 where the domain has fewer items."""
@@ -127,32 +146,34 @@ class PopularityLists:
         if not b:
             return out
         orders = self.orders(recommender)
-        width = max(len(s.exclude) for s in snapshots)
+        lengths = np.fromiter((len(s.exclude) for s in snapshots), dtype=np.int64, count=b)
+        width = int(lengths.max())
         depth = k + width + 8  # seen items above the cut push it down; Bloom hits are rare
-        candidates = np.full((b, depth), -1, dtype=np.int64)
+        slot = self._slot
+        if len(slot) == 1:
+            codes = np.zeros(b, dtype=np.int64)
+        else:  # a domain no order knows (none in the catalog) ranks over every row
+            codes = np.fromiter((slot.get(s.event.domain, 0) for s in snapshots),
+                                dtype=np.int64, count=b)
+        candidates = self._head(depth)[codes]
         excluded = np.full((b, max(width, 1)), -2, dtype=np.int64)
-        chosen = []
-        for i, snap in enumerate(snapshots):
-            order = orders.get(snap.event.domain, orders[None])
-            chosen.append(order)
-            head = order[:depth]
-            candidates[i, : head.shape[0]] = head
-            excluded[i, : len(snap.exclude)] = snap.exclude
+        if width:
+            excluded[np.arange(width) < lengths[:, None]] = np.fromiter(
+                chain.from_iterable(s.exclude for s in snapshots), dtype=np.int64,
+                count=int(lengths.sum()))
         seen = (candidates[:, :, None] == excluded[:, None, :]).any(axis=2)
         bloom = recommender.catalog.bloom
-        for i, snap in enumerate(snapshots):
-            if snap.support.bloom:
-                valid = candidates[i] >= 0
-                seen[i, valid] |= snap.support.seen_mask(bloom[candidates[i, valid]])
+        for i in [i for i, s in enumerate(snapshots) if s.support.bloom]:
+            valid = candidates[i] >= 0
+            seen[i, valid] |= snapshots[i].support.seen_mask(bloom[candidates[i, valid]])
         keep = ~seen & (candidates >= 0)
         place = np.cumsum(keep, axis=1)
         take = keep & (place <= k)
         rows, _ = np.nonzero(take)
         out[rows, place[take] - 1] = candidates[take]
-        short = np.nonzero((take.sum(axis=1) < k) & np.array([o.shape[0] > depth
-                                                             for o in chosen]))[0]
+        short = np.nonzero((take.sum(axis=1) < k) & (self._lengths[codes] > depth))[0]
         for i in short:  # more seen items above the cut than the margin: walk further
-            out[i] = self._one(chosen[i], snapshots[i], bloom)
+            out[i] = self._one(orders[self._domains[codes[i]]], snapshots[i], bloom)
         return out
 
     def _one(self, order: np.ndarray, snap: Snapshot, bloom: np.ndarray) -> np.ndarray:
@@ -195,18 +216,20 @@ class OnlineHits:
         published = self._published(recommender, snapshots, recs)
         index = recommender.catalog.index
         latest: dict[str, int] = {}
+        sizes = [0] * len(snapshots)
         from_batch: list[tuple[int, int]] = []  # (event, earlier event of the batch)
         from_map: list[tuple[int, bytes]] = []
         from_prior: list[int] = []
         for i, snap in enumerate(snapshots):
             user = snap.event.user_id
             if not snap.duplicate:
+                sizes[i] = size = size_before(snap)
                 earlier = latest.get(user)
                 if earlier is not None:
                     from_batch.append((i, earlier))
                 elif (stored := self._lists.get(user)) is not None:
                     from_map.append((i, stored))
-                elif size_before(snap) == 0:
+                elif size == 0:
                     from_prior.append(i)
                 else:
                     counts.unscored += 1
@@ -214,14 +237,14 @@ class OnlineHits:
         k = self.top_k
         if from_batch:
             at, earlier = zip(*from_batch, strict=True)
-            self._count(counts, snapshots, index, list(at), published[list(earlier)])
+            self._count(counts, snapshots, sizes, index, list(at), published[list(earlier)])
         if from_map:
             at, stored = zip(*from_map, strict=True)
             lists = np.frombuffer(b"".join(stored), dtype=np.int32).reshape(-1, len(LISTS), k)
-            self._count(counts, snapshots, index, list(at), lists)
+            self._count(counts, snapshots, sizes, index, list(at), lists)
         if from_prior:
             priors = self._priors(recommender, [snapshots[i] for i in from_prior], profile_of)
-            self._count(counts, snapshots, index, from_prior, priors)
+            self._count(counts, snapshots, sizes, index, from_prior, priors)
         self._remember(snapshots, published, latest)
         return counts
 
@@ -270,18 +293,20 @@ class OnlineHits:
         k = self.top_k
         index = recommender.catalog.index
         model = np.full((len(recs), k), -1, dtype=np.int32)
-        for i, rec in enumerate(recs):
-            rows = [index[item_id] for item_id in rec.item_ids()[:k]]
-            model[i, : len(rows)] = rows
+        lengths = np.fromiter((min(k, len(r.items)) for r in recs), dtype=np.int64,
+                              count=len(recs))
+        model[np.arange(k) < lengths[:, None]] = np.fromiter(
+            (index[item.item_id] for r in recs for item in r.items[:k]), dtype=np.int32,
+            count=int(lengths.sum()))
         return np.stack([model, self.popularity.lists(recommender, snapshots)], axis=1)
 
     @staticmethod
-    def _count(counts: HitCounts, snapshots: Sequence[Snapshot], index: Mapping[str, int],
-               at: list[int], lists: np.ndarray) -> None:
+    def _count(counts: HitCounts, snapshots: Sequence[Snapshot], sizes: list[int],
+               index: Mapping[str, int], at: list[int], lists: np.ndarray) -> None:
         items = np.fromiter((index[snapshots[i].event.item_id] for i in at), dtype=np.int64,
                             count=len(at))
         hit = (lists == items[:, None, None]).any(axis=2)  # (n, lists)
-        buckets = bucket_of([size_before(snapshots[i]) for i in at])
+        buckets = bucket_of([sizes[i] for i in at])
         counts.events += np.bincount(buckets, minlength=len(BUCKETS))
         for li in range(len(LISTS)):
             counts.hits[li] += np.bincount(buckets, weights=hit[:, li],
