@@ -139,3 +139,10 @@ def test_online_hit_counters_add_up_per_bucket_and_list() -> None:
     assert after[("kindling_online_hits_total", (("bucket", "0"), ("list", "popularity")))] == 2
     assert after[("kindling_online_hits_total", (("bucket", "1-2"), ("list", "model")))] == 2
     assert after[("kindling_online_unscored_events_total", ())] == 4
+    # what the demo reads back from /metrics
+    from workers.metrics import read_online
+
+    read, lines = read_online(generate_latest(metrics.registry).decode())
+    assert read.events.tolist() == (2 * counts.events).tolist()
+    assert read.hits.tolist() == (2 * counts.hits).tolist() and read.unscored == 4
+    assert len(lines) == len(before) and all("_created" not in line for line in lines)
