@@ -47,6 +47,10 @@ class Settings:
     offset_dedup: bool = True
     # Serving
     learner: str = "fomaml"
+    # The hybrid learner's item-item table (models/hybrid.py): neighbours kept per item, and the
+    # most interacted items EASE models (its dense Gram matrix is this size squared).
+    itemitem_neighbours: int = 128
+    itemitem_max_items: int = 5000
     model_dir: str = ""  # a checkpoint directory; empty = newest version under data_dir/models
     top_k: int = 10
     inner_steps: int = 2
