@@ -292,9 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("replay", help="offline evaluation through the serving code path")
-    p.add_argument("log")
+    p.add_argument("log", nargs="+",
+                   help="interaction log(s) or 'synthetic'; several logs (or --seeds with more "
+                   "than one seed) run the quality matrix with intervals over users")
     p.add_argument("--protocol", default="few-shot",
-                   choices=["prequential", "few-shot", "new-items"])
+                   choices=["prequential", "few-shot", "new-items", "query-rank"])
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated model seeds, e.g. 0,1,2 (default: --seed)")
     p.add_argument("--models", default=None, help="comma-separated; default: all")
     p.add_argument("--out", default="reports/replay")
     p.add_argument("--steps", type=int, default=None)
