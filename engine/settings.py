@@ -46,7 +46,7 @@ class Settings:
     # taken for redeliveries (the worker warns when an offset is far below a user's watermark).
     offset_dedup: bool = True
     # Serving
-    learner: str = "fomaml"
+    learner: str = "hybrid"
     # The hybrid learner's item-item table (models/hybrid.py): neighbours kept per item, and the
     # most interacted items EASE models (its dense Gram matrix is this size squared).
     itemitem_neighbours: int = 128

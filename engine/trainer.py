@@ -203,7 +203,9 @@ def train_bundle(
         bundle.learner = model  # fit_transfer builds the learner (LightGCN sizes its graph)
         report.update(trained)
     elif train_h and steps > 0:
-        merged = {**META_RECIPE, **LEARNER_RECIPES.get(name, {}), **(recipe or {})}
+        # a composite learner (the hybrid) meta-trains its core with the core's recipe
+        core_name = getattr(model, "core", model).name
+        merged = {**META_RECIPE, **LEARNER_RECIPES.get(core_name, {}), **(recipe or {})}
         calibrate = float(merged.pop("calibrate_recency", 0.0))
 
         def fit(target: Any, users: list[UserHistory], n_steps: int) -> dict[str, Any]:

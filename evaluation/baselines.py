@@ -464,10 +464,16 @@ class EASERanker(PopularityRanker):
 class SASRecRanker(PopularityRanker):
     """SASRec (:mod:`models.sasrec`) trained on the training users' sequences; a user's scores
     are the next-item scores after the user's sequence (its last ``max_len`` items). Ratings:
-    the item mean, as popularity. ``epochs`` is the tuned training length."""
+    the item mean, as popularity. ``epochs`` is the tuned training length.
+
+    Fitting the same events again with more epochs resumes the last run instead of starting over
+    (exactly the same model: :class:`models.sasrec.Trainer`), so tuning the epochs costs one run
+    of the longest value."""
 
     name = "sasrec"
     TUNING = {"epochs": (2, 4, 6, 8, 12)}
+    #: the last training run: (events fingerprint, settings) -> Trainer; one entry at most
+    _resumable: dict[tuple, Any] = {}
 
     def __init__(self, seed: int = 0, epochs: int = 6, dim: int = 32, max_len: int = 30) -> None:
         super().__init__(seed)
@@ -476,14 +482,26 @@ class SASRecRanker(PopularityRanker):
         self.report: dict[str, float] = {}
 
     def fit(self, events: Sequence[Interaction], catalog: Sequence[str] = ()) -> None:
+        import copy as _copy
+
         import torch
 
-        from models.sasrec import SASRec, train_sasrec
+        from models.sasrec import SASRec, Trainer
 
         super().fit(events, catalog)
-        sequences = [torch.tensor(h, dtype=torch.long) for h in self.history.values()]
-        self.model = SASRec(len(self.ids), dim=self.dim, max_len=self.max_len, seed=self.seed)
-        self.report = train_sasrec(self.model, sequences, epochs=self.epochs, seed=self.seed)
+        key = (id(events), len(events), events[0].event_id if events else "",
+               events[-1].event_id if events else "", len(self.ids), self.seed, self.dim,
+               self.max_len)
+        trainer = self._resumable.get(key)
+        if trainer is None or trainer.epochs > self.epochs:
+            sequences = [torch.tensor(h, dtype=torch.long) for h in self.history.values()]
+            model = SASRec(len(self.ids), dim=self.dim, max_len=self.max_len, seed=self.seed)
+            trainer = Trainer(model, sequences, seed=self.seed)
+            SASRecRanker._resumable.clear()
+            SASRecRanker._resumable[key] = trainer
+        self.report = trainer.train_to(self.epochs)
+        # a copy: the cached run trains on, this ranker keeps the model of its own epochs
+        self.model = _copy.deepcopy(trainer.model)
 
     def scores(self, user_id: str) -> np.ndarray:
         import torch

@@ -24,8 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ def run_matrix(
     out_dir: str | Path = "reports/matrix",
     default_learner: str | None = None,
     progress: bool = False,
+    jobs: int = 1,
     **options: Any,
 ) -> dict[str, Any]:
     """Replay every log × seed and write the aggregate (see the module docstring).
@@ -70,6 +74,8 @@ def run_matrix(
     protocol : {"few-shot", "query-rank"}
     default_learner : str, optional
         The learner the table's verdict column is about (default: the first Kindling learner).
+    jobs : int
+        Replays run in parallel processes (each with ``cpu_count // jobs`` torch threads).
     **options
         Passed to :func:`evaluation.replay.replay` (``train_steps``, ``settings``, ...).
     """
@@ -80,26 +86,31 @@ def run_matrix(
     t_start = time.perf_counter()
     learners = [m for m in models if not is_baseline(m)]
     default_learner = default_learner or (learners[0] if learners else None)
+    tasks = [(path, seed, [m for m in models if i == 0 or m not in SEED_FREE])
+             for path in logs for i, seed in enumerate(seeds)]
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    calls = [dict(path=path, seed=seed, models=todo, protocol=protocol, progress=progress,
+                  threads=threads, options=options) for path, seed, todo in tasks]
+    if jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            done = list(pool.map(_one_run, calls))
+    else:
+        done = [_one_run(c) for c in calls]
     per_log: dict[str, Any] = {}
     runs: list[dict[str, Any]] = []
     for path in logs:
-        data = load_log(None if path == "synthetic" else path, seed=0)
-        name = data.name if path != "synthetic" else "synthetic"
+        mine = [d for d in done if d["path"] == path]
         per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
-        for i, seed in enumerate(seeds):
-            todo = [m for m in models if i == 0 or m not in SEED_FREE]
-            t0 = time.perf_counter()
-            report = replay(data, protocol=protocol, models=todo, seed=seed, progress=progress,
-                            **options)
-            runs.append({"log": name, "seed": seed, "models": todo,
-                         "seconds": time.perf_counter() - t0, "meta": report["meta"]})
-            for m in todo:
-                per_seed[m].append(report["_per_user"][m])
+        for d in mine:
             for m in models:
-                if m not in todo:  # seed-free: the first seed's values stand for every seed
-                    per_seed[m].append(per_seed[m][0])
-            log.info("%s seed %s: %.0f s", name, seed, time.perf_counter() - t0)
+                if m in d["per_user"]:
+                    per_seed[m].append(d["per_user"][m])
+        for m in SEED_FREE & set(models):  # the first seed's values stand for every seed
+            per_seed[m] = per_seed[m][:1] * len(seeds)
+        name = mine[0]["log"]
         per_log[name] = aggregate(per_seed, headline(protocol), seed=0)
+        runs.extend({k: v for k, v in d.items() if k not in ("per_user", "path")} for d in mine)
     result = {
         "protocol": protocol,
         "logs": list(per_log),
@@ -114,6 +125,23 @@ def run_matrix(
     (out / "table.md").write_text(render(result))
     plot(result, out / "ndcg.png")
     return result
+
+
+def _one_run(call: Mapping[str, Any]) -> dict[str, Any]:
+    """One log x seed replay (a process of its own when the matrix runs jobs in parallel)."""
+    import torch
+
+    torch.set_num_threads(call["threads"])
+    path = call["path"]
+    data = load_log(None if path == "synthetic" else path, seed=0)
+    t0 = time.perf_counter()
+    report = replay(data, protocol=call["protocol"], models=call["models"], seed=call["seed"],
+                    progress=call["progress"], **call["options"])
+    seconds = time.perf_counter() - t0
+    log.info("%s seed %s: %.0f s", data.name, call["seed"], seconds)
+    return {"path": path, "log": "synthetic" if path == "synthetic" else data.name,
+            "seed": call["seed"], "models": call["models"], "seconds": seconds,
+            "meta": report["meta"], "per_user": report["_per_user"]}
 
 
 def aggregate(

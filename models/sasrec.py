@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,65 @@ def windows(sequences: Sequence[Tensor], max_len: int) -> list[Tensor]:
     return out
 
 
+class Trainer:
+    """Next-item training with a full softmax, resumable: :meth:`train_to` ``e`` epochs gives
+    exactly the model a fresh run of ``e`` epochs gives (the optimiser and the shuffling RNG
+    carry on), so a tuner can score 2, 4, 8... epochs with one run."""
+
+    def __init__(self, model: SASRec, sequences: Sequence[Tensor], *, batch_size: int = 128,
+                 lr: float = 2e-3, seed: int = 0) -> None:
+        self.model = model
+        self.pieces = windows(sequences, model.max_len)
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.torch_rng = torch.random.get_rng_state()  # dropout masks, carried between calls
+        torch.random.set_rng_state(gen_state)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.epochs = 0
+        self.losses: list[float] = []
+        self.seconds = 0.0
+
+    def train_to(self, epochs: int) -> dict[str, float]:
+        """Train until ``epochs`` epochs are done in all (no-op if already there)."""
+        t0 = time.perf_counter()
+        outer = torch.random.get_rng_state()
+        torch.random.set_rng_state(self.torch_rng)
+        try:
+            while self.epochs < epochs and self.pieces:
+                self.losses.append(self._epoch())
+                self.epochs += 1
+        finally:
+            self.torch_rng = torch.random.get_rng_state()
+            torch.random.set_rng_state(outer)
+            self.model.eval()
+        self.seconds += time.perf_counter() - t0
+        return {"epochs": float(self.epochs),
+                "loss_first": self.losses[0] if self.losses else math.nan,
+                "loss_last": self.losses[-1] if self.losses else math.nan,
+                "seconds": self.seconds}
+
+    def _epoch(self) -> float:
+        model = self.model
+        model.train()
+        total, count = 0.0, 0
+        order = self.rng.permutation(len(self.pieces))
+        for start in range(0, len(self.pieces), self.batch_size):
+            chunk = [self.pieces[i] for i in order[start: start + self.batch_size]]
+            inputs = model.pad([p[:-1] for p in chunk])
+            targets = model.pad([p[1:] for p in chunk])  # shifted ids, 0 = no target
+            h = model.hidden(inputs)
+            valid = targets > 0
+            loss = nn.functional.cross_entropy(model.logits(h[valid]), targets[valid] - 1)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            total += float(loss.detach()) * int(valid.sum())
+            count += int(valid.sum())
+        return total / max(count, 1)
+
+
 def train_sasrec(
     model: SASRec,
     sequences: Sequence[Tensor],
@@ -116,37 +175,7 @@ def train_sasrec(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
-    on_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Next-item training with a full softmax; ``on_epoch(e)`` is called after each epoch (for
-    early stopping by a caller's validation). Returns the loss of the first and last epochs."""
-    pieces = windows(sequences, model.max_len)
-    if not pieces:
-        return {"epochs": 0, "loss_first": math.nan, "loss_last": math.nan, "seconds": 0.0}
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        order = rng.permutation(len(pieces))
-        for start in range(0, len(pieces), batch_size):
-            chunk = [pieces[i] for i in order[start: start + batch_size]]
-            inputs = model.pad([p[:-1] for p in chunk])
-            targets = model.pad([p[1:] for p in chunk])  # shifted ids, 0 = no target
-            h = model.hidden(inputs)
-            valid = targets > 0
-            loss = nn.functional.cross_entropy(model.logits(h[valid]), targets[valid] - 1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * int(valid.sum())
-            count += int(valid.sum())
-        losses.append(total / max(count, 1))
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-    model.eval()
-    return {"epochs": float(epochs), "loss_first": losses[0], "loss_last": losses[-1],
-            "seconds": time.perf_counter() - t0}
+    """Train ``model`` for ``epochs`` epochs (see :class:`Trainer`); returns the loss of the
+    first and last epochs and the seconds spent."""
+    return Trainer(model, sequences, batch_size=batch_size, lr=lr, seed=seed).train_to(epochs)

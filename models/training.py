@@ -427,8 +427,10 @@ def should_promote(new_loss: float, old_loss: float | None, *, tolerance: float 
     return new_loss <= old_loss + tolerance * abs(old_loss)
 
 
-#: Multipliers of the learned recency weight tried by :func:`calibrate_recency`.
-RECENCY_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+#: Multipliers of the learned recency weight tried by :func:`calibrate_recency` (0 turns the
+#: recency input off: on a log whose order is not time, such as Douban's rows grouped by user,
+#: "recently popular" is noise).
+RECENCY_SCALES: tuple[float, ...] = (1.0, 0.0, 0.5, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def _recency_module(learner: Learner) -> torch.nn.Module | None:
@@ -552,8 +554,9 @@ def calibrate_recency(
     times 2-4 gave fomaml +.03 to +.04 NDCG@10 at 1 and 3 events, both on the replay's new users
     and on the latest warm users, so the multiplier is chosen on ``histories`` (the caller passes
     the most recently arrived users, held out of this learner's training: the closest stand-in
-    for the next new users) from ``scales`` by mean NDCG over ``support_sizes``: the smallest
-    scale within ``tolerance`` (relative) of the best, so noise does not move it. The weight is
+    for the next new users) from ``scales`` by mean NDCG over ``support_sizes``: of the scales
+    within ``tolerance`` (relative) of the best, the one closest to 1, so noise does not move
+    it. The weight is
     left as it was: apply the chosen ``scale`` with :func:`rescale_recency` (to this learner or
     to another trained the same way). A learner without a recency weight gets ``scale`` 1.
     """
@@ -574,7 +577,8 @@ def calibrate_recency(
         finite = {s: v for s, v in scores.items() if math.isfinite(v)}
         if finite:  # the smallest change within ``tolerance`` of the best
             top = max(finite.values())
-            best = min(s for s, v in finite.items() if v >= top - tolerance * abs(top))
+            near = [s for s, v in finite.items() if v >= top - tolerance * abs(top)]
+            best = min(near, key=lambda s: (abs(s - 1.0), s))
     finally:
         with torch.no_grad():
             module.recency_weight.copy_(base)

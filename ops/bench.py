@@ -93,7 +93,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     elif args.what == "adapt":
         from ops.bench_adapt import bench_adapt
 
-        result = bench_adapt(seconds=3.0 if args.quick else 12.0)
+        result = bench_adapt(settings.learner, seconds=3.0 if args.quick else 12.0,
+                             neighbours=settings.itemitem_neighbours)
     else:
         result = bench_pipeline(settings, 2000 if args.quick else args.events)
     line = json.dumps(result, default=float)

@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["prequential", "few-shot", "new-items", "query-rank"])
     p.add_argument("--seeds", default=None,
                    help="comma-separated model seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="quality matrix: replays run in this many processes at once")
     p.add_argument("--models", default=None, help="comma-separated; default: all")
     p.add_argument("--out", default="reports/replay")
     p.add_argument("--steps", type=int, default=None)

@@ -25,7 +25,7 @@ def _matrix(settings: Settings, args: argparse.Namespace, models: list[str],
         options["train_steps"] = args.steps
     result = run_matrix(args.log, seeds=seeds, models=models, protocol=args.protocol,
                         out_dir=args.out, default_learner=settings.learner,
-                        progress=not args.no_progress, **options)
+                        progress=not args.no_progress, jobs=args.jobs, **options)
     print(render(result))
     print(f"matrix written to {args.out} (results.json, table.md, ndcg.png)")
     return 0

@@ -114,7 +114,7 @@ def test_matrix_command_writes_tables_plot_and_intervals(small_log, tmp_path: Pa
          "kind": e.kind}) for e in small_log.events))
     result = run_matrix([str(log_path)], seeds=[0, 1], models=["popularity", "itemknn",
                                                                "fomaml"],
-                        out_dir=tmp_path / "m", support_sizes=(1, 3), train_steps=20)
+                        out_dir=tmp_path / "m", support_sizes=(1, 3), train_steps=20, jobs=2)
     table = (tmp_path / "m" / "table.md").read_text()
     assert "fomaml / best" in table and "best baseline" in table
     assert (tmp_path / "m" / "ndcg.png").stat().st_size > 1000

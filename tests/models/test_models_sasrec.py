@@ -31,3 +31,19 @@ def test_learns_a_planted_successor_and_padding_is_harmless() -> None:
     scores = model.scores(tests + [torch.zeros(0, dtype=torch.long)])
     assert torch.isfinite(scores).all()
     assert scores[:3].argmax(1).tolist() == [5, 0, 2]
+
+
+def test_resumed_training_is_the_same_model_as_one_run() -> None:
+    from models.sasrec import Trainer
+
+    g = torch.Generator().manual_seed(1)
+    sequences = [torch.randint(0, 30, (12,), generator=g) for _ in range(40)]
+    once = SASRec(30, dim=16, max_len=8, seed=1)
+    train_sasrec(once, sequences, epochs=4, seed=2)
+    resumed = SASRec(30, dim=16, max_len=8, seed=1)
+    trainer = Trainer(resumed, sequences, seed=2)
+    trainer.train_to(1)
+    trainer.train_to(4)
+    trainer.train_to(3)  # already past: nothing happens
+    for a, b in zip(once.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
