@@ -53,19 +53,27 @@ def _logging(level: str) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
-    print(f"broker ready: {broker.url}  (tansu, memory storage; Ctrl-C stops it)", flush=True)
-    stop = False
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    broker = EmbeddedBroker.from_settings(settings, port=args.port)
 
     def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
+        raise KeyboardInterrupt  # also while starting: the finally below cleans up
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        while not stop and broker.running():
+        broker.start()
+        if broker.persistent:
+            where = broker.local_s3.endpoint if broker.local_s3 else settings.s3_endpoint
+            storage = f"{broker.engine} storage at {where or 'AWS'}"
+        else:
+            storage = "memory storage"
+        print(f"broker ready: {broker.url}  (tansu, {storage}; Ctrl-C stops it)", flush=True)
+        while broker.running():
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
     finally:
         broker.stop()
     print("broker stopped", flush=True)
@@ -244,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu, memory)")
+    p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu; "
+                       "memory or S3 storage)")
     p.add_argument("--port", type=int, default=None, help="default: a free loopback port")
+    p.add_argument("--storage", dest="s_broker_storage", default=None,
+                   help="memory | s3://BUCKET/ (same as --broker-storage); S3 credentials only "
+                   "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment")
+    _add_settings_flags(p)
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run the Faust worker")
