@@ -80,6 +80,8 @@ def consume(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(idle_timeout_s * 1000),
+        # a broker that answers fetches slowly (the embedded one on S3) needs the worker's wait
+        fetch_max_wait_ms=max(500, settings.fetch_max_wait_ms),
     )
     start = time.monotonic()
     n = 0

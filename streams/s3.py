@@ -110,6 +110,8 @@ class LocalS3:
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        from botocore.exceptions import ClientError
+
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -121,6 +123,9 @@ class LocalS3:
                 log.info("local S3 endpoint (moto) on %s, buckets %s", self.endpoint,
                          self.buckets)
                 return self
+            except ClientError as exc:  # the endpoint answered: no
+                self.close()
+                raise BrokerError(f"local S3 endpoint: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
                 time.sleep(0.2)

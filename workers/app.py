@@ -105,7 +105,8 @@ class Kindling:
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         drain_before_commit()  # changelogs in Kafka before offsets are committed
-        recovery_compat.install(client_config(settings))  # changelogs to their real end
+        # changelogs to their real end
+        recovery_compat.install(client_config(settings), settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
