@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after-s", type=float, default=5.0,
                    help="retrain: seconds measured after the retrain child exited (hot swap)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compare-storage", action="store_true",
+                   help="kafka: the serving worker through the embedded broker on memory and on "
+                   "S3 storage side by side (a loopback S3 endpoint unless --s3-endpoint)")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
 
@@ -384,9 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_fuzz)
 
-    p = sub.add_parser("chaos", help="embedded broker + worker, SIGKILLed K times; check state")
+    p = sub.add_parser("chaos", help="embedded broker + worker; SIGKILL the worker or the "
+                       "broker K times; audit state, outputs and offsets from the broker")
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--kill", choices=["worker", "broker"], default="worker",
+                   help="what to SIGKILL: the worker (restarted each time) or the embedded "
+                   "broker (restarted on its S3 storage; default a loopback S3 endpoint)")
     p.add_argument("--users", type=int, default=150)
     p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
     p.add_argument("--json", action="store_true", help="print one JSON line")

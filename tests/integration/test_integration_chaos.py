@@ -39,7 +39,13 @@ def test_report_is_not_ok_when_anything_is_off() -> None:
     assert base.ok
     for name in ("events_without_output", "effects_lost", "effects_applied_twice",
                  "support_mismatches", "committed_past_unprocessed", "final_uncommitted",
-                 "worker_tracebacks", "misplaced_state_records"):
+                 "worker_tracebacks", "misplaced_state_records", "offsets_regressed",
+                 "inputs_missing"):
         setattr(base, name, 1)
         assert not base.ok, name
         setattr(base, name, 0)
+    # a worker that died and had to be restarted fails a broker-kill run, not a worker-kill run
+    base.worker_restarts = 1
+    assert base.ok
+    base.target = "broker"
+    assert not base.ok
