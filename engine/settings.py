@@ -31,6 +31,12 @@ class Settings:
     # and 16 KiB; these gave +13% events/s through the embedded broker (`kindling bench kafka`).
     producer_linger_ms: int = 5
     producer_max_batch_size: int = 256 * 1024
+    # Idempotent kafka-python producers (kindling produce, load, chaos, bench). Off for the
+    # S3-backed embedded broker: after a crash, Tansu 0.6.0 on S3 answers a retried batch it
+    # never stored with DUPLICATE_SEQUENCE_NUMBER, which an idempotent producer takes as
+    # delivered (records lost at each broker kill, `kindling chaos --kill broker`). Without it a
+    # retry may store a record twice; the worker de-duplicates interactions by event id.
+    producer_idempotence: bool = True
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     sasl_username: str = ""

@@ -91,7 +91,9 @@ EMBEDDED_WORKER_SETTINGS: dict[str, Any] = {
 #: consumer stopped receiving anything after ~250 batches per partition (streams/s3.py). With
 #: fetches that slow, a table recovery after a broker restart outlasted the 6 s poll interval
 #: and the worker left its group mid-recovery, again and again: the interval is longer too.
-S3_WORKER_SETTINGS: dict[str, Any] = {"fetch_max_wait_ms": 3000, "max_poll_interval_s": 60.0}
+#: Idempotence off: see ``Settings.producer_idempotence``.
+S3_WORKER_SETTINGS: dict[str, Any] = {"fetch_max_wait_ms": 3000, "max_poll_interval_s": 60.0,
+                                      "producer_idempotence": False}
 
 
 def embedded_worker_settings(

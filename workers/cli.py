@@ -32,11 +32,15 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"env KINDLING_{f.name.upper()} (default {f.default!r})")
 
 
+# Every bool setting (a flag's value arrives as a string: "--offset-dedup false").
+_BOOL_SETTINGS = {f.name for f in dataclasses.fields(Settings)
+                  if f.type is bool or f.type == "bool"}
+
+
 def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
     for name, value in list(overrides.items()):
-        if isinstance(value, str) and name in {"web_enabled", "recovery_consistency_check",
-                                                  "offset_dedup"}:
+        if isinstance(value, str) and name in _BOOL_SETTINGS:
             overrides[name] = value.lower() in {"1", "true", "yes", "on"}
     overrides.update(fixed)
     return Settings.from_env(**overrides)
