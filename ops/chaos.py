@@ -167,7 +167,8 @@ def chaos_settings(broker_url: str, workdir: Path, base: Settings | None = None,
 
 def stream_of(n_events: int, n_users: int, seed: int) -> tuple[list[Any], list[Interaction]]:
     per_user = max(2, -(-n_events // n_users) + 2)
-    data = generate(n_users=n_users, n_items=max(100, n_users), seed=seed,
+    # A user rates an item once: long histories need a catalog several times their length.
+    data = generate(n_users=n_users, n_items=max(100, n_users, 3 * per_user), seed=seed,
                     events_per_user=(per_user, per_user + 1))
     events = sorted(data.events, key=lambda e: e.ts)[:n_events]
     if len(events) < n_events:
