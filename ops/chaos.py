@@ -247,7 +247,7 @@ def _audit_fetch(settings: Settings) -> dict[str, int]:
     """Fetch waits for the audit's readers: long enough for a slow (S3-backed) broker to answer,
     and an idle timeout well beyond that."""
     wait = max(500, settings.fetch_max_wait_ms)
-    return {"fetch_max_wait_ms": wait, "consumer_timeout_ms": max(5000, 3 * wait)}
+    return {"fetch_max_wait_ms": wait, "consumer_timeout_ms": max(5000, 2 * wait)}
 
 
 def _end_offsets(positions: dict[str, tuple[int, int]]) -> dict[int, int]:

@@ -123,8 +123,10 @@ def test_producer_loses_nothing_across_broker_kills(s3_broker: EmbeddedBroker) -
 def test_broker_kills_lose_and_duplicate_nothing(s3_broker: EmbeddedBroker,
                                                  tmp_path: Path) -> None:
     settings = chaos_settings(s3_broker.url, tmp_path, s3=True)
-    report = run_chaos(settings, 2_000, 2, n_users=100, seed=3, log_path=tmp_path / "w.log",
-                       settle_s=30, deadline_s=150, broker=s3_broker)
+    # ~60 s: 2,000 events at 100/s (a broker restart takes ~2 s, not a worker's ~10 s)
+    report = run_chaos(settings, 2_000, 2, n_users=100, seed=3, rate=100.0,
+                       log_path=tmp_path / "w.log", settle_s=30, deadline_s=150,
+                       broker=s3_broker)
     summary = report.to_dict()
     assert report.target == "broker" and len(report.kills) == 2, summary
     assert all(0 < k.produced_before < 2_000 for k in report.kills), summary
