@@ -481,8 +481,10 @@ def run(settings: Settings, args: Any) -> int:
             chaos = chaos_settings(broker.url, workdir, settings, s3=True)
             report = run_chaos(chaos, args.events, args.kills, broker=broker, **common)
     else:
+        embedded_s3 = settings.broker == Settings().broker and \
+            settings.broker_storage.startswith("s3://")
         with broker_url(settings) as url:
-            chaos = chaos_settings(url, workdir, settings)
+            chaos = chaos_settings(url, workdir, settings, s3=embedded_s3)
             report = run_chaos(chaos, args.events, args.kills, **common)
     out = report.to_dict() | {"workdir": str(workdir)}
     if args.json:
