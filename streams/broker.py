@@ -88,7 +88,7 @@ EMBEDDED_WORKER_SETTINGS: dict[str, Any] = {
 #: engine lists a partition's batch objects on every fetch, so a fetch takes longer as the
 #: partition grows (1,000 batches: 0.6 s; 4,000: 1.5 s, against moto on this machine), and a
 #: fetch whose reads outlast its max wait comes back empty: with the memory broker's 10 ms, a
-#: consumer stopped receiving anything after ~250 batches per partition (streams/s3.py). With
+#: consumer stopped receiving anything after ~250 records, 60-70 batch objects per partition. With
 #: fetches that slow, a table recovery after a broker restart outlasted the 6 s poll interval
 #: and the worker left its group mid-recovery, again and again: the interval is longer too.
 #: Idempotence off: see ``Settings.producer_idempotence``.
