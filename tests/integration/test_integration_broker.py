@@ -138,3 +138,27 @@ def test_broker_kills_lose_and_duplicate_nothing(s3_broker: EmbeddedBroker,
     assert report.committed_past_unprocessed == 0 and report.final_uncommitted == 0, summary
     assert all(k.first_output_after_s is not None for k in report.kills), summary
     assert report.ok, summary
+
+
+def test_kindling_broker_command_on_local_s3() -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from streams.broker import free_port, wait_until_answers
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "broker", "--port", str(port),
+         "--storage", "s3://kindling-cli/", "--s3-endpoint", "local"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "broker ready" in line and "s3://kindling-cli/" in line, line
+        wait_until_answers("127.0.0.1", port, 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    with pytest.raises(OSError):  # stopped with it, broker and S3 endpoint alike
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
