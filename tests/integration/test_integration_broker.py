@@ -4,6 +4,7 @@ killed loses nothing, applies nothing twice and needs no restart."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -127,7 +128,7 @@ def test_broker_kills_lose_and_duplicate_nothing(s3_broker: EmbeddedBroker,
     report = run_chaos(settings, 2_000, 2, n_users=100, seed=3, rate=100.0,
                        log_path=tmp_path / "w.log", settle_s=30, deadline_s=150,
                        broker=s3_broker)
-    summary = report.to_dict()
+    summary = json.dumps(report.to_dict())  # a string: pytest prints it whole
     assert report.target == "broker" and len(report.kills) == 2, summary
     assert all(0 < k.produced_before < 2_000 for k in report.kills), summary
     assert report.worker_restarts == 0, summary  # it reconnected by itself
