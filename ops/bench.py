@@ -78,6 +78,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.what == "encode":
         n = 500 if args.quick else 3000
         result = bench_encode_items(settings, getattr(args, "items", None), n)
+    elif args.what == "kafka" and getattr(args, "compare_storage", False):
+        from ops.bench_kafka import bench_kafka_storage
+
+        result = bench_kafka_storage(settings, n_events=1000 if args.quick else args.events,
+                                     paced_events=500 if args.quick else 2000)
     elif args.what == "kafka":
         from ops.bench_kafka import bench_kafka
 

@@ -239,3 +239,97 @@ def _bytes_per_user(data_dir: Path) -> dict[str, float]:
         "disk_bytes_per_user": disk / users if users else 0.0,
         "gib_per_million_users": record_bytes / max(users, 1) * 1e6 / 2**30,
     }
+
+
+# ----------------------------------------------------------------------------- broker storage
+#: Share of the S3-backed broker's measured throughput at which both brokers are paced for the
+#: latency figures (the same offered load on both: a rate the slower one sustains).
+STORAGE_PACE_FRACTION = 0.5
+
+
+def bench_kafka_storage(settings: Settings, n_events: int = 5_000,
+                        paced_events: int = 2_000) -> dict[str, Any]:
+    """The full worker through the embedded broker on memory storage and on S3 storage (a
+    loopback S3 endpoint, or ``settings.s3_endpoint``), side by side in one run: events/s with
+    the producer flat out, then p50/p99 latency with both paced at
+    :data:`STORAGE_PACE_FRACTION` of the S3 broker's measured events/s; ``s3_vs_memory_*`` are
+    the ratios. Each broker gets the worker settings the rest of Kindling gives it
+    (``streams.broker.embedded_worker_settings``: a 3 s fetch wait on S3)."""
+    from engine.trainer import save_bundle, train_bundle
+    from streams.broker import EmbeddedBroker, embedded_worker_settings
+
+    data, catalog, events, cut = bench_workload(settings)
+    stream = events[cut:]
+    if 2 * n_events + 2 * paced_events > len(stream):
+        raise ValueError(f"the workload streams {len(stream)} events: ask for fewer")
+    workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-storage-"))
+    bundle = None
+    out: dict[str, Any] = {}
+    rate: float | None = None
+    s3_storage = settings.broker_storage if settings.broker_storage.startswith("s3://") \
+        else "s3://kindling-bench/"
+    # S3 first: its throughput sets the pace for both.
+    for i, storage in enumerate((s3_storage, "memory")):
+        name = "s3" if storage.startswith("s3://") else "memory"
+        broker_settings = settings.replace(broker_storage=storage,
+                                           s3_endpoint=settings.s3_endpoint or "local")
+        fast = stream[i * n_events : (i + 1) * n_events]
+        base = 2 * n_events + i * paced_events
+        paced = stream[base : base + paced_events]
+        with EmbeddedBroker.from_settings(broker_settings) as broker:
+            run = uuid.uuid4().hex[:6]
+            s = embedded_worker_settings(
+                broker.url, settings, s3=broker.persistent, data_dir=str(workdir / name),
+                app_id=f"bench-{run}", topic_prefix=f"bench-{run}.", model_dir="",
+                retrain_interval_s=0.0, pipeline="full",
+            )
+            if bundle is None:
+                bundle = train_bundle(s, events[:cut], catalog, steps=100).bundle
+            save_bundle(bundle, s.data_dir)
+            result = _run_storage(s, broker.pid, data.items, fast, paced, rate)
+            rate = rate or STORAGE_PACE_FRACTION * result["throughput"]["events_per_s"]
+        out[name] = _summary(result, result["rate"])
+    for key in ("events_per_s", "events_per_worker_cpu_s"):
+        out[f"s3_vs_memory_{key}"] = out["s3"][key] / max(out["memory"][key], 1e-9)
+    for key in ("p50_ms", "p99_ms"):
+        out[f"s3_vs_memory_{key}"] = out["s3"][key] / max(out["memory"][key], 1e-9)
+    return {**out, "paced_rate": rate, "pace_fraction_of_s3_events_per_s": STORAGE_PACE_FRACTION,
+            "learner": settings.learner, "catalog_items": len(data.items)}
+
+
+def _run_storage(s: Settings, broker_pid: int | None, items: Sequence[Any],
+                 fast: Sequence[Interaction], paced: Sequence[Interaction],
+                 rate: float | None) -> dict[str, Any]:
+    """Throughput, then paced latency at ``rate`` (None: a fraction of the throughput just
+    measured), on one worker."""
+    from kafka import KafkaConsumer
+
+    from ops.process import WorkerProcess
+    from streams.kafka import EventProducer
+    from streams.topics import client_config, ensure_topics
+
+    ensure_topics(s)
+    worker = WorkerProcess(s, Path(s.data_dir).parent / f"{Path(s.data_dir).name}-worker.log")
+    worker.start()
+    consumer = KafkaConsumer(s.topic("recommendations"), **client_config(s), group_id=None,
+                             auto_offset_reset="latest", enable_auto_commit=False,
+                             fetch_max_wait_ms=max(500, s.fetch_max_wait_ms))
+    consumer.poll(timeout_ms=1000)
+    try:
+        with EventProducer(s, linger_ms=2) as producer:
+            for item in items:
+                producer.item(item)
+            producer.flush()
+            worker.wait_for_catalog(len(items))
+            pids = {"worker": worker.proc.pid, "broker": broker_pid}
+            before = _cpu_seconds(pids)
+            result: dict[str, Any] = {
+                "throughput": _throughput(s, producer, fast, consumer, _drain)}
+            after = _cpu_seconds(pids)
+            result["cpu"] = {f"{k}_cpu_s": after[k] - before[k] for k in after}
+            result["rate"] = rate or STORAGE_PACE_FRACTION * result["throughput"]["events_per_s"]
+            result["paced"] = _paced(s, producer, paced, result["rate"], consumer, _drain)
+    finally:
+        consumer.close()
+        worker.stop()
+    return result

@@ -52,7 +52,7 @@ from schemas import (
 from schemas.wire import RatingScale
 from streams.topics import TopicNames, client_config
 from workers import recovery_compat
-from workers.faust_compat import set_fetch_max_wait
+from workers.faust_compat import drain_before_commit, set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.web import HealthState, WebServer, consumer_lag, event_age
 
@@ -104,7 +104,9 @@ class Kindling:
             raise ValueError(f"pipeline must be 'full' or 'echo', got {settings.pipeline!r}")
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
-        recovery_compat.install(client_config(settings))  # changelogs to their real end
+        drain_before_commit()  # changelogs in Kafka before offsets are committed
+        # changelogs to their real end
+        recovery_compat.install(client_config(settings), settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
