@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from schemas.errors import SchemaError
 
 SCHEMA_VERSION = 1
@@ -232,6 +234,67 @@ def _load(raw: bytes | str | None) -> dict[str, Any]:
         raise SchemaError(f"payload must be bytes, got {type(raw).__name__}")
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise SchemaError(f"payload is {len(raw)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
+    # orjson first (~1.4 us for an event vs ~7.6 us for json): it accepts a subset of what the
+    # standard parser accepts and gives the same objects, with one exception handled below. Any
+    # payload it refuses (not UTF-8, NaN, lone surrogate escapes, a BOM, 1e400, depth > 1024...)
+    # goes through the standard parser, so each dead-letter reason is the one it always was.
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = _load_standard(raw)
+    else:
+        if _needs_standard_parser(doc):
+            doc = _load_standard(raw)
+    if not isinstance(doc, dict):
+        raise SchemaError(f"top level must be a JSON object, got {type(doc).__name__}")
+    version = doc.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise SchemaError(
+            f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})", "v"
+        )
+    return doc
+
+
+# A float of at least this magnitude may be an integer literal that overflowed 64 bits, which
+# orjson reads as a float and json as an exact int (an id 12345678901234567890123 must stay one).
+_HUGE = float(2**63)
+# Deeper documents go to json, whose recursion limit (~1,000, less the caller's stack) is what
+# rejected them before; orjson's own limit is 1,024.
+_DEEP = 200
+
+
+def _needs_standard_parser(doc: Any) -> bool:
+    """Whether orjson's ``doc`` may differ from what json gives: a float of magnitude >= 2**63
+    anywhere, or containers nested deeper than ``_DEEP`` levels. Iterative: no recursion."""
+    if type(doc) is not dict:
+        if type(doc) is not list:
+            return type(doc) is float and not -_HUGE < doc < _HUGE
+        doc = {"": doc}
+    nested = []
+    for child in doc.values():  # the flat top level of an event: no stack
+        kind = type(child)
+        if kind is float:
+            if not -_HUGE < child < _HUGE:
+                return True
+        elif kind is dict or kind is list:
+            if child:
+                nested.append((child, 2))
+    while nested:
+        value, depth = nested.pop()
+        for child in value.values() if type(value) is dict else value:
+            kind = type(child)
+            if kind is float:
+                if not -_HUGE < child < _HUGE:
+                    return True
+            elif kind is dict or kind is list:
+                if depth >= _DEEP:
+                    return True
+                nested.append((child, depth + 1))
+    return False
+
+
+def _load_standard(raw: bytes | bytearray | memoryview) -> Any:
+    """The standard library's parser, and a readable reason for whatever it refuses."""
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -244,13 +307,6 @@ def _load(raw: bytes | str | None) -> dict[str, Any]:
         raise SchemaError("JSON nested too deeply") from None
     except ValueError as exc:
         raise SchemaError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise SchemaError(f"top level must be a JSON object, got {type(doc).__name__}")
-    version = doc.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise SchemaError(
-            f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})", "v"
-        )
     return doc
 
 
