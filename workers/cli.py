@@ -49,6 +49,20 @@ def _logging(level: str) -> None:
     )
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def use_event_loop(name: str) -> None:
+    """Make ``name`` (``uvloop`` | ``asyncio``) the event loop of every loop created from now on,
+    through mode's loop registry (what ``faust -L uvloop`` does): the worker's main loop and the
+    loop of Faust's consumer thread alike."""
+    import mode.loop
+
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
+    mode.loop.use("aio" if name == "asyncio" else name)
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
@@ -80,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.logs import configure, logging_config
 
     settings = settings_from(args)
+    use_event_loop(settings.event_loop)  # before anything creates a loop (Faust's threads too)
     configure(settings.log_format, settings.log_level)
     log.info("settings: %s", json.dumps(settings.public()))
     ensure_topics(settings)
