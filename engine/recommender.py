@@ -48,6 +48,15 @@ class Snapshot:
     watermark: int = -1  # the record's last_offset before this event (offset-reset check)
 
 
+@dataclass(slots=True)
+class _Record:
+    """One user's support-set record while a micro-batch is applied (see ``apply_batch``)."""
+
+    stored: bytes | None
+    support: UserSupport
+    changed: bool = False
+
+
 class Recommender:
     def __init__(
         self,
@@ -112,36 +121,75 @@ class Recommender:
         ``offset`` (the worker passes the event's interactions-topic offset) makes de-duplication
         exact: an offset at or below the record's ``last_offset`` is a redelivery, however many
         events ago (ids alone cover only capacity + dedup_window). Replay passes none."""
+        return self.apply_batch([event], supports, [offset])[0]
+
+    def apply_batch(
+        self,
+        events: Sequence[Interaction],
+        supports: MutableMapping[str, bytes],
+        offsets: Sequence[int | None] | None = None,
+        bind: Callable[[int], None] | None = None,
+    ) -> list[Snapshot]:
+        """:meth:`apply` for a micro-batch, in event order, with one read and at most one write
+        of ``supports`` per user: a user's record is read at their first event, updated in memory
+        by each of their events, and written once after the batch (the table's changelog gets one
+        record per user, not one per event). Each snapshot is the user's state right after its
+        own event, exactly as :meth:`apply` one event at a time gives.
+
+        ``bind(i)`` is called before the table is read or written for the user of ``events[i]``
+        (the worker points Faust's table access at that event's partition)."""
+        if offsets is None:
+            offsets = [None] * len(events)
         if self.explorer is not None:
-            checked_reward(event, self.scale)  # a bad reward changes no state at all
-        stored = supports.get(event.user_id)
-        support = UserSupport.from_bytes(stored)
-        watermark = support.last_offset
-        redelivered = offset is not None and offset <= watermark
-        # Ids still count above the watermark: a producer may send one event at two offsets.
-        fresh = not redelivered and support.add(
-            event, self.settings.support_capacity, self.settings.dedup_window
-        )
-        if offset is not None and not redelivered:
-            support.last_offset = offset  # processed (applied, or a duplicate by id)
-        if fresh or support.last_offset != watermark:
-            supports[event.user_id] = support.to_bytes()
-        elif stored:
-            # Same bytes again, on purpose: after a crash the worker's local store can hold an
-            # effect whose changelog record died in the producer's buffer; the redelivered event
-            # is the last chance to put it in the changelog before its offset is committed
-            # (seen with `kindling chaos`: users' last effects missing from the changelog).
-            supports[event.user_id] = stored
-        row = self.catalog.ensure(event.item_id, event.domain)
-        if fresh and self.settings.recency_online:
-            recency = self._online_recency()
-            if recency is not None:
-                recency.add(row)
-        snap = self.snapshot(event, support, duplicate=not fresh)
-        snap.watermark = watermark
-        if self.explorer is not None:
-            snap.explore_seq = self.explorer.observe(event, fresh)
-        return snap
+            for event in events:  # a bad reward changes no state at all, not even a neighbour's
+                checked_reward(event, self.scale)
+        last_of: dict[str, int] = {event.user_id: i for i, event in enumerate(events)}
+        records: dict[str, _Record] = {}
+        capacity, window = self.settings.support_capacity, self.settings.dedup_window
+        snaps = []
+        for i, (event, offset) in enumerate(zip(events, offsets, strict=True)):
+            record = records.get(event.user_id)
+            if record is None:
+                if bind is not None:
+                    bind(i)
+                stored = supports.get(event.user_id)
+                record = records[event.user_id] = _Record(stored, UserSupport.from_bytes(stored))
+            support = record.support
+            watermark = support.last_offset
+            redelivered = offset is not None and offset <= watermark
+            # Ids still count above the watermark: a producer may send one event at two offsets.
+            fresh = not redelivered and support.add(event, capacity, window)
+            if offset is not None and not redelivered:
+                support.last_offset = offset  # processed (applied, or a duplicate by id)
+            if fresh or support.last_offset != watermark:
+                record.changed = True
+            row = self.catalog.ensure(event.item_id, event.domain)
+            if fresh and self.settings.recency_online:
+                recency = self._online_recency()
+                if recency is not None:
+                    recency.add(row)
+            # The user's later events in this batch change ``support`` in place: freeze a copy.
+            frozen = support if last_of[event.user_id] == i else support.copy()
+            snap = self.snapshot(event, frozen, duplicate=not fresh)
+            snap.watermark = watermark
+            if self.explorer is not None:
+                snap.explore_seq = self.explorer.observe(event, fresh)
+            snaps.append(snap)
+        for user_id, record in records.items():
+            if record.changed:
+                if bind is not None:
+                    bind(last_of[user_id])
+                supports[user_id] = record.support.to_bytes()
+            elif record.stored:
+                # Same bytes again, on purpose: after a crash the worker's local store can hold
+                # an effect whose changelog record died in the producer's buffer; the redelivered
+                # event is the last chance to put it in the changelog before its offset is
+                # committed (seen with `kindling chaos`: users' last effects missing from the
+                # changelog).
+                if bind is not None:
+                    bind(last_of[user_id])
+                supports[user_id] = record.stored
+        return snaps
 
     #: With ``settings.recency_online``, the item bank is re-prepared once per this many events.
     RECENCY_REFRESH_EVENTS = 64
@@ -268,7 +316,7 @@ class Recommender:
         profile_of: ProfileLookup | None = None,
     ) -> list[Recommendation]:
         """apply + rank for a micro-batch (what replay runs in-process)."""
-        return self.rank([self.apply(e, supports) for e in events], profile_of)
+        return self.rank(self.apply_batch(events, supports), profile_of)
 
     # ---------------------------------------------------------------- helpers
     def _blend(

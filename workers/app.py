@@ -234,26 +234,29 @@ class Kindling:
                 # Partitions may have moved: their bandit tables are the truth, not the cache.
                 self.recommender.explorer.clear_cache()
                 rebalances = self.app.rebalancing_count
-            snaps, good, pending = [], [], []
-            # Table reads go to the *current event's* partition: look attributes up per event,
-            # not later for the whole batch (that read only the last event's partition).
-            profiles: dict[str, dict[str, Any] | None] = {}
+            good, interactions, offsets, pending = [], [], [], []
             for event in batch:
-                _set_current_event(stream, event)
                 try:
                     interaction = decode_interaction(event.value, self.scale)
                     checked_reward(interaction, self.scale)  # bandit stats never see bad rewards
                 except SchemaError as exc:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
-                offset = event.message.offset if s.offset_dedup else None
-                snap = self.recommender.apply(interaction, self.supports, offset=offset)
+                good.append(event)
+                interactions.append(interaction)
+                offsets.append(event.message.offset if s.offset_dedup else None)
+            # One support-table read and at most one write per user per batch; table access goes
+            # to the partition of the user's own event (bind), never the batch's last one.
+            snaps = self.recommender.apply_batch(interactions, self.supports, offsets,
+                                                 bind=_binder(stream, good))
+            profiles: dict[str, dict[str, Any] | None] = {}
+            for event, snap, offset in zip(good, snaps, offsets, strict=True):
                 if offset is not None and snap.watermark - offset > OFFSET_RESET_GAP:
                     self._warn_offset_reset(event, snap.watermark)
-                if interaction.user_id not in profiles:  # once per user per batch
-                    profiles[interaction.user_id] = self._profile_of(interaction.user_id)
-                snaps.append(snap)
-                good.append(event)
+                user_id = snap.event.user_id
+                if user_id not in profiles:  # once per user per batch, from its partition
+                    _set_current_event(stream, event)
+                    profiles[user_id] = self._profile_of(user_id)
                 self.metrics.support_size.observe(len(snap.support))
                 if snap.duplicate:
                     self.metrics.duplicates.inc()
@@ -553,6 +556,12 @@ class Kindling:
 
 def _partitions(events: list[EventT]) -> str:
     return ",".join(str(p) for p in sorted({e.message.partition for e in events}))
+
+
+def _binder(stream: faust.StreamT, events: list[EventT]) -> Any:
+    """``bind(i)`` for :meth:`Recommender.apply_batch`: table access for ``events[i]``'s user goes
+    to that event's partition."""
+    return lambda i: _set_current_event(stream, events[i])
 
 
 def _set_current_event(stream: faust.StreamT, event: EventT) -> None:
