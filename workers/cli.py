@@ -366,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--rate", type=float, default=2000.0,
-                   help="kafka, retrain: paced produce rate (events/s) for the latency figures")
+                   help="retrain: paced produce rate (events/s) for the latency figures")
+    p.add_argument("--paced-s", type=float, default=5.0,
+                   help="kafka: seconds of each paced latency run (at 25%% and 50%% of the "
+                   "capacity each column measured in the same run)")
+    p.add_argument("--columns", default=None,
+                   help="kafka: comma-separated subset of bare,echo,serving,pipeline (default all)")
     p.add_argument("--baseline-s", type=float, default=20.0,
                    help="retrain: seconds of latency measured before the retrain round starts")
     p.add_argument("--after-s", type=float, default=5.0,
