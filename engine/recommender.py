@@ -23,10 +23,10 @@ from engine.catalog import Catalog
 from engine.exploration import Explorer, checked_reward
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
-from engine.support import UserSupport
+from engine.support import BLOOM_BYTES, UserSupport
 from models.base import SupportBatch
 from models.recency import DecayedCounts
-from schemas import Interaction, RatingScale, RecItem, Recommendation
+from schemas import Interaction, RankedItems, RatingScale, RecItem, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Recommender:
         self._domain_codes: np.ndarray = np.zeros(0, dtype=np.int64)
         self._domain_names: dict[str, int] = {}
         self._in_vocab: np.ndarray = np.zeros(0, dtype=bool)  # per catalog row: id in the model
+        self._ids: np.ndarray = np.zeros(0, dtype=object)  # catalog ids, for fancy indexing
         # Online decayed item counts (settings.recency_online), built lazily from the bundle's.
         self._recency: DecayedCounts | None = None
         self.skipped_unknown = 0
@@ -108,6 +109,7 @@ class Recommender:
             vocab = self.bundle.vocab_index
             self._in_vocab = np.fromiter((i in vocab for i in self.catalog.ids), dtype=bool,
                                          count=len(self.catalog))
+            self._ids = np.array(self.catalog.ids, dtype=object)
             self._prepared_key = key
         return self._prepared
 
@@ -281,32 +283,34 @@ class Recommender:
         if self.explorer is not None and self.explorer.active:
             slates = self.explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
                                           support_scores, self._why)
-        ids = self.catalog.ids
-        # Per-item work as Python lists, not numpy scalars: this loop runs for every event.
-        rows_l, scores_l = top_rows_np.tolist(), top_scores_np.tolist()
-        known_l = self._in_vocab[top_rows_np].tolist()
-        for b, snap in enumerate(snapshots):
-            if slates is not None:
+        if slates is not None:
+            ids = self.catalog.ids
+            for b, snap in enumerate(snapshots):
                 items = tuple(RecItem(ids[row], score, why, propensity)
                               for row, score, why, propensity in slates[b]
                               if math.isfinite(score))
                 out.append(self._recommendation(snap, items, now))
-                continue
-            why = "exploit" if snap.rows else "popular"  # for items the model knows by id
-            items = tuple(
-                RecItem(ids[row], score, why if known else "content")
-                for row, score, known in zip(rows_l[b], scores_l[b], known_l[b], strict=True)
-                if math.isfinite(score)
-            )
-            out.append(
-                Recommendation(
-                    user_id=snap.event.user_id,
-                    items=items,
-                    model_version=self.bundle.version,
-                    source_event_id=snap.event.event_id,
-                    produced_at=now,
-                )
-            )
+            return out
+        # The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
+        # per item (RankedItems; the encoder reads the columns).
+        personal = np.fromiter((bool(s.rows) for s in snapshots), dtype=bool,
+                               count=len(snapshots))
+        known = self._in_vocab[top_rows_np]  # the model knows the item by id
+        whys = np.where(known, np.where(personal[:, None], "exploit", "popular"), "content")
+        ids_l = self._ids[top_rows_np].tolist()
+        scores_l = top_scores_np.tolist()
+        whys_l = whys.tolist()
+        finite = np.isfinite(top_scores_np)
+        ragged = not finite.all()  # fewer unmasked items than k for some user
+        version = self.bundle.version
+        for b, snap in enumerate(snapshots):
+            ids_b, scores_b, whys_b = ids_l[b], scores_l[b], whys_l[b]
+            if ragged and not finite[b].all():
+                n = int(finite[b].sum())  # top-k is sorted: the -inf entries are last
+                ids_b, scores_b, whys_b = ids_b[:n], scores_b[:n], whys_b[:n]
+            event = snap.event
+            out.append(Recommendation(event.user_id, RankedItems(ids_b, scores_b, whys_b),
+                                      version, event.event_id, now))
         return out
 
     def process(
@@ -388,26 +392,32 @@ class Recommender:
         return torch.from_numpy(out)
 
     def _exclude(self, scores: torch.Tensor, snapshots: Sequence[Snapshot]) -> None:
-        """Items already seen (support + Bloom of evicted) and items of other domains: -inf."""
-        n_items = scores.shape[1]
-        multi_domain = len(self._domain_names) > 1
-        domain_codes = torch.from_numpy(self._domain_codes[:n_items]) if multi_domain else None
-        bloom = self.catalog.bloom
-        users: list[int] = []
-        items: list[int] = []
-        other_domain: dict[int, torch.Tensor] = {}
-        for i, snap in enumerate(snapshots):
-            if snap.exclude:
-                users.extend([i] * len(snap.exclude))
-                items.extend(snap.exclude)
-            seen = snap.support.seen_mask(bloom)
-            if seen is not None:
-                scores[i, torch.from_numpy(seen)] = -math.inf
-            if domain_codes is not None:
-                code = self._domain_names.get(snap.event.domain)
-                if code is not None:
-                    if code not in other_domain:
-                        other_domain[code] = domain_codes != code
-                    scores[i, other_domain[code]] = -math.inf
-        if users:  # one indexed write for the whole batch
-            scores[torch.tensor(users), torch.tensor(items)] = -math.inf
+        """Items already seen (support + Bloom of evicted) and items of other domains: -inf,
+        through one (batch, items) mask built with array operations and applied once."""
+        scores.masked_fill_(torch.from_numpy(self._exclusion_mask(snapshots, scores.shape[1])),
+                            -math.inf)
+
+    def _exclusion_mask(self, snapshots: Sequence[Snapshot], n_items: int) -> np.ndarray:
+        mask = np.zeros((len(snapshots), n_items), dtype=bool)
+        if len(self._domain_names) > 1:
+            # A user's event domain unknown to the catalog masks nothing (code -1 matches none
+            # of the rows' codes, so the comparison is skipped for it).
+            codes = np.fromiter((self._domain_names.get(s.event.domain, -1) for s in snapshots),
+                                dtype=np.int64, count=len(snapshots))
+            known = codes >= 0
+            mask[known] = self._domain_codes[None, :n_items] != codes[known, None]
+        users = [i for i, s in enumerate(snapshots) if s.exclude]
+        if users:
+            rows = np.repeat(users, [len(snapshots[i].exclude) for i in users])
+            mask[rows, np.concatenate([snapshots[i].exclude for i in users])] = True
+        positions = self.catalog.bloom[:n_items]  # (items, hashes)
+        evicted = [i for i, s in enumerate(snapshots) if len(s.support.bloom) == BLOOM_BYTES]
+        if evicted:
+            blooms = np.frombuffer(b"".join(snapshots[i].support.bloom for i in evicted),
+                                   dtype=np.uint8).reshape(len(evicted), BLOOM_BYTES)
+            bits = np.unpackbits(blooms, axis=1, bitorder="little")  # (users, bloom bits)
+            mask[evicted] |= bits[:, positions].all(axis=2)
+        for i, snap in enumerate(snapshots):  # a Bloom of another size: one user at a time
+            if snap.support.bloom and len(snap.support.bloom) != BLOOM_BYTES:
+                mask[i] |= snap.support.seen_mask(positions)
+        return mask

@@ -13,8 +13,9 @@ import math
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -137,10 +138,59 @@ class RecItem:
         }
 
 
+class RankedItems(Sequence[RecItem]):
+    """A recommendation's items as columns: ids, scores, whys and propensities (None: all 1.0).
+
+    The worker ranks a whole micro-batch at once and builds these from its arrays without an
+    object per item; the encoder reads the columns directly. It is a sequence of
+    :class:`RecItem` (made on access) and compares equal to the tuple of the same items."""
+
+    __slots__ = ("ids", "scores", "whys", "propensities")
+
+    def __init__(self, ids: Sequence[str], scores: Sequence[float], whys: Sequence[str],
+                 propensities: Sequence[float] | None = None) -> None:
+        if not len(ids) == len(scores) == len(whys) or (
+                propensities is not None and len(propensities) != len(ids)):
+            raise ValueError("ids, scores, whys (and propensities) must have one length")
+        self.ids, self.scores, self.whys = ids, scores, whys
+        self.propensities = propensities
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RecItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[RecItem, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> RecItem | tuple[RecItem, ...]:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        p = 1.0 if self.propensities is None else self.propensities[index]
+        return RecItem(self.ids[index], self.scores[index], self.whys[index], p)
+
+    def __iter__(self) -> Iterator[RecItem]:
+        props = self.propensities or (1.0,) * len(self.ids)
+        for item in zip(self.ids, self.scores, self.whys, props, strict=True):
+            yield RecItem(*item)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RankedItems | tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"RankedItems({tuple(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     user_id: str
-    items: tuple[RecItem, ...]
+    items: Sequence[RecItem]  # a tuple, or RankedItems (columns) from the ranker
     model_version: str
     source_event_id: str
     produced_at: float = field(default_factory=time.time)
@@ -162,6 +212,8 @@ class Recommendation:
         return doc
 
     def item_ids(self) -> list[str]:
+        if type(self.items) is RankedItems:
+            return list(self.items.ids)
         return [i.item_id for i in self.items]
 
 
@@ -513,12 +565,18 @@ def _encode_recommendation(rec: Recommendation) -> bytes | None:
     checks both paths agree on random records."""
     parts = []
     isfinite = math.isfinite
-    for i in rec.items:
-        score, propensity = round(i.score, 6), round(i.propensity, 6)
+    items = rec.items
+    if type(items) is RankedItems:  # the columns as they are: no object per item
+        props = items.propensities or (1.0,) * len(items.ids)
+        columns = zip(items.ids, items.scores, items.whys, props, strict=True)
+    else:
+        columns = ((i.item_id, i.score, i.why, i.propensity) for i in items)
+    for item_id, score, why, propensity in columns:
+        score, propensity = round(score, 6), round(propensity, 6)
         if not (isfinite(score) and isfinite(propensity)):
             return None
-        parts.append(f'{{"item_id":{_json_str(i.item_id)},"score":{score!r},'
-                     f'"why":{_json_str(i.why)},"propensity":{propensity!r}}}')
+        parts.append(f'{{"item_id":{_json_str(item_id)},"score":{score!r},'
+                     f'"why":{_json_str(why)},"propensity":{propensity!r}}}')
     if not isfinite(rec.produced_at):
         return None
     domain = f',"domain":{_json_str(rec.domain)}' if rec.domain else ""

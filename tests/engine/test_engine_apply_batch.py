@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from engine.bundle import ModelBundle
@@ -140,3 +141,36 @@ def test_a_redelivered_batch_rewrites_the_stored_bytes_once(log: SyntheticLog) -
     assert all(s.duplicate for s in snaps)
     assert dict(table) == before
     assert table.writes == Counter({e.user_id: 1 for e in events[:40]})
+
+
+def reference_mask(rec: Recommender, snapshots: list[Snapshot], n_items: int) -> np.ndarray:
+    """The exclusions one user and one rule at a time (what ``_exclude`` did per row)."""
+    mask = np.zeros((len(snapshots), n_items), dtype=bool)
+    codes, names = rec.catalog.domain_codes()
+    for i, snap in enumerate(snapshots):
+        mask[i, snap.exclude] = True
+        seen = snap.support.seen_mask(rec.catalog.bloom)
+        if seen is not None:
+            mask[i] |= seen
+        code = names.get(snap.event.domain)
+        if len(names) > 1 and code is not None:
+            mask[i] |= codes != code
+    return mask
+
+
+def test_one_exclusion_mask_equals_the_per_user_rules(log: SyntheticLog) -> None:
+    rec = make(log)
+    rng = random.Random(5)
+    # Three domains, one of which no catalog item has (masks nothing), and evictions (Bloom).
+    for k, item in enumerate(log.items):
+        rec.catalog.domains[rec.catalog.index[item.item_id]] = ("books", "movies")[k % 2]
+    items = [i.item_id for i in log.items]
+    events = [Interaction(f"e{n}", f"u{rng.randrange(8)}", rng.choice(items), "click", 1.0,
+                          float(n), rng.choice(["books", "movies", "music"]))
+              for n in range(200)]
+    snaps = rec.apply_batch(events, {})
+    rec.prepared()
+    got = rec._exclusion_mask(snaps, len(rec.catalog))
+    assert any(s.support.bloom for s in snaps)
+    assert np.array_equal(got, reference_mask(rec, snaps, len(rec.catalog)))
+    assert 0 < got.mean() < 1
