@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -298,7 +299,9 @@ class Recommender:
         known = self._in_vocab[top_rows_np]  # the model knows the item by id
         whys = np.where(known, np.where(personal[:, None], "exploit", "popular"), "content")
         ids_l = self._ids[top_rows_np].tolist()
-        scores_l = top_scores_np.tolist()
+        # Rounded here for the whole batch (the wire carries 6 decimals), so the encoder writes
+        # each score as it is instead of rounding it item by item.
+        scores_l = np.round(top_scores_np.astype(np.float64), 6).tolist()
         whys_l = whys.tolist()
         finite = np.isfinite(top_scores_np)
         ragged = not finite.all()  # fewer unmasked items than k for some user
@@ -309,7 +312,8 @@ class Recommender:
                 n = int(finite[b].sum())  # top-k is sorted: the -inf entries are last
                 ids_b, scores_b, whys_b = ids_b[:n], scores_b[:n], whys_b[:n]
             event = snap.event
-            out.append(Recommendation(event.user_id, RankedItems(ids_b, scores_b, whys_b),
+            out.append(Recommendation(event.user_id,
+                                      RankedItems(ids_b, scores_b, whys_b, rounded=True),
                                       version, event.event_id, now))
         return out
 
@@ -360,19 +364,19 @@ class Recommender:
 
     def _support_batch(self, snapshots: Sequence[Snapshot]) -> SupportBatch:
         b = len(snapshots)
-        s = max((len(x.rows) for x in snapshots), default=0)
+        lengths = np.fromiter((len(x.rows) for x in snapshots), dtype=np.int64, count=b)
+        s = int(lengths.max(initial=0))
         items = np.zeros((b, s), dtype=np.int64)
         targets = np.zeros((b, s), dtype=np.float32)
         ratings = np.full((b, s), np.nan, dtype=np.float32)
-        mask = np.zeros((b, s), dtype=bool)
-        for i, snap in enumerate(snapshots):
-            n = len(snap.rows)
-            if n:
-                # Right-aligned would change GRU semantics; left-aligned + mask, oldest first.
-                items[i, :n] = snap.rows
-                targets[i, :n] = snap.targets
-                ratings[i, :n] = snap.ratings
-                mask[i, :n] = True
+        # Right-aligned would change GRU semantics; left-aligned + mask, oldest first. A boolean
+        # mask fills in row-major order, i.e. each user's events in order: one assignment per
+        # array for the whole batch.
+        mask = np.arange(s)[None, :] < lengths[:, None]
+        if s:
+            items[mask] = list(chain.from_iterable(x.rows for x in snapshots))
+            targets[mask] = list(chain.from_iterable(x.targets for x in snapshots))
+            ratings[mask] = list(chain.from_iterable(x.ratings for x in snapshots))
         return SupportBatch(
             torch.from_numpy(items),
             torch.from_numpy(targets),

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -145,15 +145,18 @@ class RankedItems(Sequence[RecItem]):
     object per item; the encoder reads the columns directly. It is a sequence of
     :class:`RecItem` (made on access) and compares equal to the tuple of the same items."""
 
-    __slots__ = ("ids", "scores", "whys", "propensities")
+    __slots__ = ("ids", "scores", "whys", "propensities", "rounded")
 
     def __init__(self, ids: Sequence[str], scores: Sequence[float], whys: Sequence[str],
-                 propensities: Sequence[float] | None = None) -> None:
+                 propensities: Sequence[float] | None = None, *, rounded: bool = False) -> None:
         if not len(ids) == len(scores) == len(whys) or (
                 propensities is not None and len(propensities) != len(ids)):
             raise ValueError("ids, scores, whys (and propensities) must have one length")
         self.ids, self.scores, self.whys = ids, scores, whys
         self.propensities = propensities
+        # True: the scores are already rounded to the wire's 6 decimals (the ranker rounds a
+        # whole batch at once), so the encoder writes them as they are.
+        self.rounded = rounded
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -566,7 +569,13 @@ def _encode_recommendation(rec: Recommendation) -> bytes | None:
     parts = []
     isfinite = math.isfinite
     items = rec.items
-    if type(items) is RankedItems:  # the columns as they are: no object per item
+    if (type(items) is RankedItems and items.rounded and items.propensities is None
+            and isfinite(sum(items.scores))):  # a NaN or inf anywhere makes the sum one
+        parts = [f'{{"item_id":{_json_str(i)},"score":{s!r},"why":{_json_str(w)},'
+                 f'"propensity":1.0}}' for i, s, w in zip(items.ids, items.scores, items.whys,
+                                                          strict=True)]
+        columns: Iterable[tuple[str, float, str, float]] = ()
+    elif type(items) is RankedItems:  # the columns as they are: no object per item
         props = items.propensities or (1.0,) * len(items.ids)
         columns = zip(items.ids, items.scores, items.whys, props, strict=True)
     else:
