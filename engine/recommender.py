@@ -176,6 +176,8 @@ class Recommender:
             snap = self.snapshot(event, frozen, duplicate=not fresh)
             snap.watermark = watermark
             if self.explorer is not None:
+                if bind is not None:
+                    bind(i)  # the bandit tables are written for this event, in its partition
                 snap.explore_seq = self.explorer.observe(event, fresh)
             snaps.append(snap)
         for user_id, record in records.items():
