@@ -174,3 +174,21 @@ def test_one_exclusion_mask_equals_the_per_user_rules(log: SyntheticLog) -> None
     assert any(s.support.bloom for s in snaps)
     assert np.array_equal(got, reference_mask(rec, snaps, len(rec.catalog)))
     assert 0 < got.mean() < 1
+
+
+def test_bandit_statistics_are_written_with_each_events_own_binding(log: SyntheticLog) -> None:
+    """The explorer writes its per-partition tables for every fresh event: the worker must have
+    pointed table access at that event's partition, not at another user's."""
+    events, offsets = stream(log, 4)
+    rec = make(log, policy="epsilon", explore_slots=2)
+    bound: list[int] = []
+    seen: list[tuple[str, str]] = []
+    observe = rec.explorer.observe
+
+    def spy(event, fresh):
+        seen.append((event.event_id, events[bound[-1]].event_id))
+        return observe(event, fresh)
+
+    rec.explorer.observe = spy
+    rec.apply_batch(events[:60], CountingTable(), offsets[:60], bind=bound.append)
+    assert seen and all(own == bound_to for own, bound_to in seen)
