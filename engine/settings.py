@@ -89,6 +89,10 @@ class Settings:
     pipeline: str = "full"
     # Freeze the worker's start-up heap out of Python's cyclic GC (workers/cli.py, cmd_worker).
     gc_freeze: bool = True
+    # The worker's asyncio event loop: uvloop | asyncio. uvloop (libuv) cuts the per-event cost of
+    # the Kafka clients' I/O and Faust's tasks (`kindling bench kafka`, docs/throughput.md);
+    # asyncio is the standard library's loop, for platforms or debuggers uvloop does not suit.
+    event_loop: str = "uvloop"
     rating_low: float = 0.0
     rating_high: float = 5.0
     # Keep the model's decayed item counts (its "popular lately" prior, models/recency.py) fresh

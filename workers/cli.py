@@ -53,6 +53,20 @@ def _logging(level: str) -> None:
     )
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def use_event_loop(name: str) -> None:
+    """Make ``name`` (``uvloop`` | ``asyncio``) the event loop of every loop created from now on,
+    through mode's loop registry (what ``faust -L uvloop`` does): the worker's main loop and the
+    loop of Faust's consumer thread alike."""
+    import mode.loop
+
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
+    mode.loop.use("aio" if name == "asyncio" else name)
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
@@ -92,6 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.logs import configure, logging_config
 
     settings = settings_from(args)
+    use_event_loop(settings.event_loop)  # before anything creates a loop (Faust's threads too)
     configure(settings.log_format, settings.log_level)
     log.info("settings: %s", json.dumps(settings.public()))
     ensure_topics(settings)
@@ -374,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--rate", type=float, default=2000.0,
-                   help="kafka, retrain: paced produce rate (events/s) for the latency figures")
+                   help="retrain: paced produce rate (events/s) for the latency figures")
+    p.add_argument("--paced-s", type=float, default=5.0,
+                   help="kafka: seconds of each paced latency run (at 25%% and 50%% of the "
+                   "capacity each column measured in the same run)")
+    p.add_argument("--columns", default=None,
+                   help="kafka: comma-separated subset of bare,echo,serving,pipeline (default all)")
     p.add_argument("--baseline-s", type=float, default=20.0,
                    help="retrain: seconds of latency measured before the retrain round starts")
     p.add_argument("--after-s", type=float, default=5.0,
