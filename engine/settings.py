@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic import field_validator as validates
@@ -104,6 +105,37 @@ def _encoder(value: str) -> str:
     return value
 
 
+_S3_BUCKET = re.compile(r"^[a-z0-9]([a-z0-9.\-]{0,61}[a-z0-9])?$")  # S3's characters, <= 63
+
+
+def _broker_storage(value: str) -> str:
+    if value == "memory":
+        return value
+    m = re.fullmatch(r"s3://([^/]+)/?", value)
+    if m is None or not _S3_BUCKET.match(m.group(1)):
+        raise PydanticCustomError(
+            "broker_storage", "expected 'memory' or 's3://BUCKET/' (a bucket name: lowercase "
+            "letters, digits, '.' and '-')")
+    return value
+
+
+def _s3_endpoint(value: str) -> str:
+    if value in ("", "local"):
+        return value
+    url = urlparse(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise PydanticCustomError(
+            "s3_endpoint", "expected '' (AWS), 'local' (a loopback S3 endpoint) or an "
+            "http:// or https:// URL")
+    return value
+
+
+def _s3_region(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value):
+        raise PydanticCustomError("s3_region", "expected an S3 region name such as 'us-east-1'")
+    return value
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -156,6 +188,12 @@ class Settings(BaseSettings):
     """How long the producer waits to fill a batch (ms)."""
     producer_max_batch_size: int = Field(256 * 1024, ge=1)
     """Largest producer batch (bytes)."""
+    # Off for the S3-backed embedded broker: after a crash, Tansu 0.6.0 on S3 answers a retried
+    # batch it never stored with DUPLICATE_SEQUENCE_NUMBER, which an idempotent producer takes as
+    # delivered (records lost at each broker kill, `kindling chaos --kill broker`). Without it a
+    # retry may store a record twice; the worker de-duplicates interactions by event id.
+    producer_idempotence: bool = True
+    """Idempotent producers in kindling produce, load, chaos and bench (off for Tansu on S3)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How clients talk to Kafka."""
     sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = ""
@@ -167,6 +205,17 @@ class Settings(BaseSettings):
     """SASL password (environment only: there is no flag)."""
     ssl_cafile: Annotated[str, AfterValidator(_file_or_empty)] = ""
     """CA bundle (PEM file) to verify the brokers; '' = the system's."""
+
+    # ---------------------------------------------------------------- Embedded broker storage
+    # streams/broker.py; `kindling broker`, chaos, bench kafka. S3 credentials come only from the
+    # environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), never from
+    # settings: see docs/broker.md.
+    broker_storage: Annotated[str, AfterValidator(_broker_storage)] = "memory"
+    """Embedded broker storage: memory (gone when it stops) or s3://BUCKET/ (kept in the bucket)."""
+    s3_endpoint: Annotated[str, AfterValidator(_s3_endpoint)] = ""
+    """S3 endpoint for that storage: '' = AWS, an http(s):// URL (MinIO...), or local (moto)."""
+    s3_region: Annotated[str, AfterValidator(_s3_region)] = "us-east-1"
+    """S3 region for that storage."""
 
     # ---------------------------------------------------------------- State
     data_dir: Annotated[str, AfterValidator(_existing_dir_or_absent)] = "./kindling-data"
@@ -182,8 +231,14 @@ class Settings(BaseSettings):
     """De-duplicate redeliveries by each user's interactions offset watermark."""
 
     # ---------------------------------------------------------------- Serving
-    learner: str = "fomaml"
+    learner: str = "hybrid"
     """Learner to serve until a trained version exists, and to train (a registered name)."""
+    # The hybrid learner's item-item table (models/hybrid.py); EASE's dense Gram matrix is
+    # itemitem_max_items squared.
+    itemitem_neighbours: int = Field(128, ge=1)
+    """hybrid: neighbours kept per item in its item-item table."""
+    itemitem_max_items: int = Field(5000, ge=1)
+    """hybrid: the most interacted items its EASE item-item model covers."""
     model_dir: Annotated[str, AfterValidator(_checkpoint_dir)] = ""
     """A model version directory to serve; '' = the newest version under data_dir/models."""
     top_k: int = Field(10, ge=1)
@@ -213,6 +268,11 @@ class Settings(BaseSettings):
     # Freeze the worker's start-up heap out of Python's cyclic GC (workers/cli.py, cmd_worker).
     gc_freeze: bool = True
     """Move the worker's start-up heap out of the cyclic garbage collector's reach."""
+    # uvloop (libuv) cuts the per-event cost of the Kafka clients' I/O and Faust's tasks
+    # (`kindling bench kafka`, docs/throughput.md); asyncio is the standard library's loop, for
+    # platforms or debuggers uvloop does not suit.
+    event_loop: Annotated[Literal["uvloop", "asyncio"], BeforeValidator(_lower)] = "uvloop"
+    """The worker's event loop: uvloop or asyncio."""
     rating_low: float = 0.0
     """Lowest rating on the wire."""
     rating_high: float = 5.0
@@ -452,6 +512,9 @@ _ACCEPTS = {
     "topic_prefix": "letters, digits, . _ - (may be empty)",
     "app_id": "letters, digits, . _ -",
     "ssl_cafile": "'' or a file",
+    "broker_storage": "memory or s3://BUCKET/",
+    "s3_endpoint": "'', local or an http(s):// URL",
+    "s3_region": "an S3 region name",
     "data_dir": "a directory (created if absent)",
     "learner": "a registered learner name",
     "model_dir": "'' or a model version directory",

@@ -77,6 +77,7 @@ CASES: dict[str, Case] = {
     "fetch_max_wait_ms": Case("100", 100, ("-1", "10.5")),
     "producer_linger_ms": Case("0", 0, ("-1", "x")),
     "producer_max_batch_size": Case("65536", 65536, ("0", "-1")),
+    "producer_idempotence": _bool(True),
     "security_protocol": Case("SSL", "SSL", ("TLS", "ssl_plain"),
                               ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
     "sasl_mechanism": Case("PLAIN", "PLAIN", ("PLAINTEXT", "GSSAPI"),
@@ -85,6 +86,12 @@ CASES: dict[str, Case] = {
     "sasl_username": Case("svc", "svc"),
     "sasl_password": Case("s3cret", "s3cret"),
     "ssl_cafile": Case(_file, _file, (_missing, _dir)),
+    # Embedded broker storage
+    "broker_storage": Case("s3://kindling-broker/", "s3://kindling-broker/",
+                           ("s3://", "s3://Bad_Bucket/", "file:///tmp/x", "memory://", "")),
+    "s3_endpoint": Case("http://127.0.0.1:9000", "http://127.0.0.1:9000",
+                        ("127.0.0.1:9000", "ftp://host", "http://", "LOCAL")),
+    "s3_region": Case("eu-west-3", "eu-west-3", ("", "EU West", "eu_west_3")),
     # State
     "data_dir": Case(_dir, _dir, ("", _a_file_not_dir)),
     "support_capacity": Case("12", 12, ("0", "-3")),
@@ -92,6 +99,8 @@ CASES: dict[str, Case] = {
     "offset_dedup": _bool(True),
     # Serving
     "learner": Case("proto", "proto", ("fomamll", "")),
+    "itemitem_neighbours": Case("32", 32, ("0", "-1", "many")),
+    "itemitem_max_items": Case("2000", 2000, ("0", "1.5")),
     "model_dir": Case(_checkpoint, _checkpoint, (_missing, _dir)),
     "top_k": Case("20", 20, ("0", "-1", "ten")),
     "inner_steps": Case("0", 0, ("-1",)),
@@ -100,6 +109,7 @@ CASES: dict[str, Case] = {
     "stream_buffer_events": Case("1024", 1024, ("0",)),
     "pipeline": Case("echo", "echo", ("fast", "Full"), ("full", "echo")),
     "gc_freeze": _bool(True),
+    "event_loop": Case("asyncio", "asyncio", ("tokio", "", "uv loop"), ("uvloop", "asyncio")),
     "rating_low": Case("1", 1.0, ("6", "x"), extra={"KINDLING_RATING_HIGH": "5"}),
     "rating_high": Case("10", 10.0, ("-1", "0")),
     "recency_online": _bool(False),
