@@ -56,8 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
         result = train_bundle(settings, warm, catalog, steps=150, profiles=data.profiles,
                               seed=args.seed)
         path = save_bundle(result.bundle, settings.data_dir)
-        say(f"[demo] meta-trained fomaml on warm users in {result.report.get('seconds', 0):.1f}s "
-            f"-> {path.name}")
+        say(f"[demo] meta-trained {settings.learner} on warm users in "
+            f"{result.report.get('seconds', 0):.1f}s -> {path.name}")
         ensure_topics(settings)
         worker = WorkerProcess(settings, Path(tmp) / "worker.log").start()
         try:
