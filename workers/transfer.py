@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from schemas import Interaction, Item
@@ -18,10 +19,9 @@ from schemas import Interaction, Item
 FORMATS = ("auto", "movielens", "generic", "amazon", "douban")
 
 
-def add_parser(sub: argparse._SubParsersAction, settings_flags) -> None:
+def add_parser(sub: argparse._SubParsersAction,
+               settings_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the sub-command (``settings_flags`` adds the shared ``--<setting>`` flags)."""
-    from models.transfer import TRANSFER_LEARNERS
-
     p = sub.add_parser("transfer", help="cross-domain cold-start evaluation of the transfer models")
     p.add_argument("logs", nargs="+", help="log file(s); MovieLens ratings.csv = genre split")
     p.add_argument("--format", choices=FORMATS, default="auto")
@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction, settings_flags) -> None:
                    help="source domain (default: 'source' for the MovieLens split, else the "
                         "domain with more events)")
     p.add_argument("--target", default=None, help="target domain (default: the other one)")
-    p.add_argument("--models", default=",".join(TRANSFER_LEARNERS) + ",proto",
-                   help="comma-separated registry names (non-transfer ones = target-only)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated registry names (non-transfer ones = target-only; "
+                   "default: every transfer learner and proto)")
     p.add_argument("--shots", default="0,1,3", help="target events in the support")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -72,9 +73,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
     from evaluation.crossdomain import run_crossdomain, table, write_results
+    from models.transfer import TRANSFER_LEARNERS
     from models.transfer.training import transfer_domains
     from streams import domains
-    from workers.cli import settings_from
+    from workers.flags import settings_from
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -87,8 +89,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     source, target = args.source or source, args.target or target
     if counts[source] == 0 or counts[target] == 0:
         raise SystemExit(f"need events in both domains; found {dict(counts)}")
+    models = args.models.split(",") if args.models else [*TRANSFER_LEARNERS, "proto"]
     results = run_crossdomain(
-        events, items, source=source, target=target, models=args.models.split(","),
+        events, items, source=source, target=target, models=models,
         shots=[int(k) for k in args.shots.split(",")], steps=args.steps, seed=settings.seed,
         test_fraction=args.test_fraction, settings=settings)
     out = write_results(results, args.out)
