@@ -25,6 +25,7 @@ from torch import Tensor
 
 from models.base import ItemBank, LearnerConfig, create
 from models.training import UserHistory, collate, pretrain_items
+from models.transfer.graph import GraphTransferLearner, fit_graph
 from models.transfer.learners import SOURCE, TARGET, CrossDomainLearner, domain_of
 from models.transfer.lightgcn import LightGCNLearner
 
@@ -135,8 +136,12 @@ def fit_transfer(
     max_source: int = 20,
     max_query: int = 32,
     pretrain_epochs: int = 2,
-) -> tuple[CrossDomainLearner, dict[str, Any]]:
+) -> tuple[CrossDomainLearner | GraphTransferLearner, dict[str, Any]]:
     """Create learner ``name`` from ``config`` and train it on ``histories``.
+
+    ``cd-graph`` is not trained by gradient: :func:`models.transfer.graph.fit_graph` builds its
+    graph and chooses its hyper-parameters on held-out training users (``max_source`` is the
+    support capacity it assumes; the other training arguments do not apply to it).
 
     ``histories`` mix both domains (rows of ``bank``; ``bank.domains`` tell them apart) and must
     not contain any event of a user held out for evaluation. ``target_shots`` repeats 0 on
@@ -145,6 +150,8 @@ def fit_transfer(
     the item tower its geometry first, as the single-domain pipeline does. Returns the learner
     (eval mode) and a small report.
     """
+    if name == GraphTransferLearner.name:  # no gradient training: a graph + chosen hyper-params
+        return fit_graph(histories, bank, config, seed=seed, capacity=max_source)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     domain = domain_of(bank)
