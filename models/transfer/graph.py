@@ -35,6 +35,10 @@ source events" whatever the graph's size and the exponents.
 * ``smooth`` > 0 first spreads the source profile over its source-domain neighbours
   (``q + smooth·q·RᵀR``, ``R`` the degree-normalised source graph of *all* training users,
   source-only ones included), which densifies short or niche profiles.
+* ``target_smooth`` > 0 then spreads the target mass one random-walk step over the target graph
+  of all training users (item → its users → their items, mass preserving): ``M + γ·M·W``. The
+  cross-domain hop only reaches what ~a thousand bridging users consumed; the walk also reaches
+  what the target domain's own audience pairs with it (target-only users included).
 
 Ratings: the item's mean rating shrunk to the global mean (``item_shrink`` pseudo-ratings) plus
 ``rating_weight`` × the user's shrunk mean residual over every rated support event, both domains
@@ -61,6 +65,12 @@ from torch import Tensor
 from models.base import ItemBank, Learner, LearnerConfig, State, SupportBatch, create, register
 from models.metrics import ndcg_at_k
 from models.training import UserHistory
+from models.transfer.episodes import (
+    TransferEpisodes,
+    blocked,
+    relevance,
+    transfer_episodes,
+)
 from models.transfer.learners import TARGET, domain_of
 
 _EPS = 1e-12
@@ -73,6 +83,7 @@ class GraphHyper:
     alpha: float = 0.5  # support item weight deg(i)^-alpha
     beta: float = 0.5  # bridging user weight deg_e(u)^-beta
     smooth: float = 0.0  # source-profile smoothing through the source item graph
+    target_smooth: float = 0.0  # γ: one random-walk step of the target mass over the target graph
     prior: float = 3.0  # λ: the prior weighs as much as this many average source events
     prior_overlap: bool = False  # prior from users active in both domains only
     same_domain: float = 1.0  # η: weight of same-domain support evidence
@@ -165,6 +176,8 @@ class GraphTransferLearner(Learner):
             out.update(_csr("smooth", items[src], users[src], val, n))
             out["smooth_t"] = _sparse(items[src], users[src], val, (n, n_users))
             out["a_in"] = _sparse(users, items, in_val, (n_users, n))
+        if hp.target_smooth > 0:
+            out.update(target_walk(users[is_tgt], items[is_tgt], deg_item, deg_tgt, n, n_users))
         return out
 
     def rating_means(self, bank: ItemBank, item_shrink: float) -> Tensor:
@@ -226,6 +239,8 @@ class GraphTransferLearner(Learner):
         b = state["w_src"].shape[0]
         both = torch.sparse.mm(prepared["a_out"] if a_out is None else a_out,
                                torch.cat([state["w_src"], state["w_tgt"]]).T).T
+        if a_out is None and self.hyper.target_smooth > 0 and "walk_in" in prepared:
+            both = both + self.hyper.target_smooth * walk(both, prepared)
         return both[:b], both[b:]
 
     def score(self, state: State, prepared: State) -> Tensor:
@@ -287,6 +302,27 @@ def graph_scores(m_src: Tensor, m_tgt: Tensor, is_target: Tensor | None, prior: 
         mass = torch.where(is_target[None, :], m_src + same_domain * m_tgt,
                            m_tgt + same_domain * m_src)
     return torch.log(mass + prior.double() + _EPS) + tiebreak.double()
+
+
+def target_walk(users: Tensor, items: Tensor, deg_item: Tensor, deg_user: Tensor, n: int,
+                n_users: int, rows: Tensor | None = None) -> State:
+    """The random walk item → user → item over the target edges (``users``, ``items``): the
+    ``walk_in`` (U, N) step spreads an item's mass evenly over its users, ``walk_out`` (N, U) a
+    user's evenly over their items. ``rows``: renumber items to positions among these rows."""
+    cols = items if rows is None else torch.searchsorted(rows, items)
+    size = n if rows is None else rows.numel()
+    return {
+        "walk_in": _sparse(users, cols, deg_item[items].clamp(min=1.0).reciprocal(),
+                           (n_users, size)),
+        "walk_out": _sparse(cols, users, deg_user[users].clamp(min=1.0).reciprocal(),
+                            (size, n_users)),
+    }
+
+
+def walk(mass: Tensor, prepared: State) -> Tensor:
+    """One random-walk step (:func:`target_walk`) of every row of ``mass`` (B, N)."""
+    return torch.sparse.mm(prepared["walk_out"], torch.sparse.mm(prepared["walk_in"],
+                                                                  mass.T.contiguous())).T
 
 
 def prior_share(users: Tensor, items: Tensor, domain: Tensor, n_users: int, *,
@@ -353,81 +389,15 @@ def build_graph_learner(histories: Sequence[UserHistory], bank: ItemBank, config
     return learner
 
 
-@dataclass
-class TransferEpisodes:
-    """Held-out users' transfer episodes at one ``k``: support = their last ``capacity - k``
-    source events + first ``k`` target events, query = their later target events."""
-
-    users: list[int]  # positions in the histories passed in
-    support: SupportBatch
-    query: list[Tensor]  # per user, bank rows
-    query_ratings: list[Tensor]
-
-
-def transfer_episodes(histories: Sequence[UserHistory], domain: Tensor, k: int, capacity: int,
-                      *, users: Sequence[int] | None = None) -> TransferEpisodes:
-    """Episodes of the histories (of ``users``, default all) with a source event and more than
-    ``k`` target events. ``domain`` holds the bank's domain codes (:func:`domain_of`)."""
-    from models.transfer.training import split_by_domain
-
-    picked, rows, tg, rt, query, q_r = [], [], [], [], [], []
-    for u in range(len(histories)) if users is None else users:
-        h, n_s, n_t = split_by_domain(histories[u], domain)
-        if n_s == 0 or n_t <= k:
-            continue
-        start = max(0, n_s - max(capacity - k, 0)) if capacity > k else n_s
-        cut = slice(start, n_s + k)
-        picked.append(int(u))
-        rows.append(h.items[cut])
-        tg.append(h.targets[cut])
-        rt.append(h.ratings[cut])
-        query.append(h.items[n_s + k:])
-        q_r.append(h.ratings[n_s + k:])
-    width = max((len(r) for r in rows), default=0)
-    items = torch.zeros(len(rows), width, dtype=torch.long)
-    targets = torch.zeros(len(rows), width)
-    ratings = torch.full((len(rows), width), math.nan)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (r, t, q) in enumerate(zip(rows, tg, rt, strict=True)):
-        items[i, : len(r)], targets[i, : len(r)], ratings[i, : len(r)] = r, t, q
-        mask[i, : len(r)] = True
-    return TransferEpisodes(picked, SupportBatch(items, targets, ratings, mask), query, q_r)
-
-
-def relevance(episodes: TransferEpisodes, n_items: int) -> Tensor:
-    """(B, n_items) bool: the query items of each episode."""
-    rel = torch.zeros(len(episodes.query), n_items, dtype=torch.bool)
-    for i, q in enumerate(episodes.query):
-        rel[i, q] = True
-    return rel
-
-
-def blocked(episodes: TransferEpisodes, target: Tensor) -> Tensor:
-    """(B, N) bool: what a ranking of the ``target`` items may not show (support, other domains)."""
-    seen = torch.zeros(len(episodes.query), target.shape[0]).scatter_add_(
-        1, episodes.support.items, episodes.support.mask.float()) > 0
-    return seen | ~target[None, :]
-
-
-def episode_ndcg(scores: Tensor, episodes: TransferEpisodes, target: Tensor, k: int = 10,
-                 *, relevant: Tensor | None = None, hidden: Tensor | None = None) -> Tensor:
-    """Per-user NDCG@``k`` of ``scores`` (B, N) ranking the ``target`` items minus the support;
-    ``relevant`` (:func:`relevance`) and ``hidden`` (:func:`blocked`) are computed when not
-    given (pass them when scoring the same episodes many times)."""
-    hide = blocked(episodes, target) if hidden is None else hidden
-    top = torch.topk(scores.masked_fill(hide, -math.inf), k, dim=1).indices
-    rel = relevance(episodes, scores.shape[1]) if relevant is None else relevant
-    return ndcg_at_k(rel.gather(1, top), rel.sum(1), k)
-
-
 #: The hyper-parameter grid :func:`fit_graph` searches.
 GRID: dict[str, tuple[Any, ...]] = {
     "alpha": (0.0, 0.5),
     "beta": (0.25, 0.5, 0.75),
     "smooth": (0.0, 1.0),
+    "target_smooth": (0.0, 0.5, 2.0),
     "prior": (0.0, 1.0, 3.0, 10.0, 30.0),
     "prior_overlap": (False, True),
-    "same_domain": (0.25, 1.0, 4.0),
+    "same_domain": (0.25, 1.0, 4.0, 16.0, 64.0),
     "rating_weight": (0.0, 0.5, 1.0),
     "rating_shrink": (1.0, 3.0, 10.0),
     "item_shrink": (2.0, 5.0, 10.0),
@@ -451,11 +421,11 @@ def fit_graph(
     each, a graph of every other history scores the fold's transfer episodes (the serving
     situation: last ``capacity - k`` source events + first ``k`` target events, query = the later
     target events) at every ``k`` in ``shots``. Stage 1 picks ``alpha``, ``beta``, ``smooth``,
-    ``prior`` and ``prior_overlap`` by NDCG@10 at the smallest ``k`` (0: pure transfer); stage 2
-    picks ``same_domain`` and ``prior`` again by the mean over ``shots`` of NDCG@10 relative to
-    the popularity prior alone (each ``k`` counts the same); stage 3 the rating
-    hyper-parameters by MAE over the same episodes. ``histories`` must hold no event of an
-    evaluation's test users: what is chosen here never sees them.
+    ``target_smooth``, ``prior`` and ``prior_overlap`` by NDCG@10 at the smallest ``k`` (0: pure
+    transfer); stage 2 picks ``same_domain`` (what a target event weighs) by the mean over
+    ``shots`` of NDCG@10 relative to the popularity prior alone (each ``k`` counts the same);
+    stage 3 the rating hyper-parameters by MAE over the same episodes. ``histories`` must hold
+    no event of an evaluation's test users: what is chosen here never sees them.
     """
     t0 = time.perf_counter()
     grid = {**GRID, **(grid or {})}
@@ -512,15 +482,22 @@ class _InnerFold:
         n_users = max(self.base.n_users, 1)
         self.shares = {o: prior_share(users, items, domain, n_users, overlap=o)[rows].double()
                        for o in (False, True)}
+        is_tgt = domain[items] == TARGET
+        deg_item = torch.zeros(bank.size).index_add_(0, items, torch.ones(items.shape[0]))
+        deg_tgt = torch.zeros(n_users).index_add_(0, users, is_tgt.float())
+        self.walk = target_walk(users[is_tgt], items[is_tgt], deg_item, deg_tgt, bank.size,
+                                n_users, rows=rows)
         self.combo: tuple[float, float, float] | None = None
-        self.masses: dict[int, tuple[Tensor, Tensor]] = {}
+        # k -> (M_src, M_tgt, walked M_src, walked M_tgt) on the target items, float64
+        self.masses: dict[int, tuple[Tensor, ...]] = {}
         self.event_mass = 1.0
         self.popularity = {k: self._ndcg(torch.log(self.shares[False] + _EPS)[None], k)
                            for k, ep in self.episodes.items() if ep.users}
 
-    def mass(self, combo: tuple[float, float, float], k: int) -> tuple[Tensor, Tensor] | None:
-        """Evidence masses on the target items at ``k`` for (alpha, beta, smooth); only the
-        current combo's are kept (the search visits one combo at a time)."""
+    def mass(self, combo: tuple[float, float, float], k: int) -> tuple[Tensor, ...] | None:
+        """Evidence masses on the target items at ``k`` for (alpha, beta, smooth), raw and
+        walked one target step; only the current combo's are kept (the search visits one combo
+        at a time)."""
         if combo != self.combo:
             hyper = GraphHyper(alpha=combo[0], beta=combo[1], smooth=combo[2])
             self._learner = _with_hyper(self.base, hyper)
@@ -535,7 +512,9 @@ class _InnerFold:
             state = learner.adapt(learner.init_state(torch.zeros(len(ep.users), 1)), ep.support,
                                   self._prepared)
             m_src, m_tgt = learner.evidence_mass(state, self._prepared, self.a_out)
-            self.masses[k] = (m_src.double(), m_tgt.double())
+            b = m_src.shape[0]
+            walked = walk(torch.cat([m_src, m_tgt]), self.walk)
+            self.masses[k] = tuple(m.double() for m in (m_src, m_tgt, walked[:b], walked[b:]))
         return self.masses[k]
 
     def ndcg(self, h: GraphHyper, k: int) -> Tensor | None:
@@ -545,8 +524,12 @@ class _InnerFold:
             return None
         prior = h.prior * self.event_mass * self.shares[h.prior_overlap]
         mass = masses[0] + prior[None, :] + _EPS
+        if h.target_smooth:
+            mass.add_(masses[2], alpha=h.target_smooth)
         if h.same_domain and k > 0:
             mass.add_(masses[1], alpha=h.same_domain)
+            if h.target_smooth:
+                mass.add_(masses[3], alpha=h.same_domain * h.target_smooth)
         return self._ndcg(mass.log_(), k)
 
     def _ndcg(self, scores: Tensor, k: int, at: int = 10) -> Tensor:
@@ -596,18 +579,18 @@ def _search(folds: list[_InnerFold], grid: dict[str, tuple[Any, ...]], shots: Se
     first = [min(shots)]
     best, stage1 = GraphHyper(), -math.inf
     for source_side in _product({k: grid[k] for k in ("alpha", "beta", "smooth")}):
-        for prior_side in _product({k: grid[k] for k in ("prior", "prior_overlap")}):
+        for prior_side in _product({k: grid[k] for k in ("target_smooth", "prior",
+                                                          "prior_overlap")}):
             h = GraphHyper(**source_side, **prior_side)
             score = relative(h, first)
             if score > stage1:
                 best, stage1 = h, score
     chosen, stage2 = best, -math.inf
     for eta in grid["same_domain"]:
-        for prior in grid["prior"]:
-            h = replace(chosen, same_domain=eta, prior=prior)
-            score = relative(h, shots)
-            if score > stage2:
-                best, stage2 = h, score
+        h = replace(chosen, same_domain=eta)
+        score = relative(h, shots)
+        if score > stage2:
+            best, stage2 = h, score
     best, mae = _fit_ratings(best, folds, grid)
     return best, {"inner_ndcg_vs_popularity_k0": round(stage1, 4),
                   "inner_ndcg_vs_popularity": round(stage2, 4), "inner_mae": round(mae, 4)}
@@ -652,6 +635,5 @@ def _with_hyper(learner: GraphTransferLearner, hyper: GraphHyper) -> GraphTransf
     return clone
 
 
-__all__ = ["GRID", "GraphHyper", "GraphTransferLearner", "TransferEpisodes", "blocked",
-           "build_graph_learner", "episode_ndcg", "fit_graph", "graph_data", "graph_scores",
-           "prior_share", "rating_offset", "relevance", "transfer_episodes"]
+__all__ = ["GRID", "GraphHyper", "GraphTransferLearner", "build_graph_learner", "fit_graph",
+           "graph_data", "graph_scores", "prior_share", "rating_offset"]

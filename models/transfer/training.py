@@ -25,26 +25,10 @@ from torch import Tensor
 
 from models.base import ItemBank, LearnerConfig, create
 from models.training import UserHistory, collate, pretrain_items
+from models.transfer.episodes import split_by_domain
 from models.transfer.graph import GraphTransferLearner, fit_graph
 from models.transfer.learners import SOURCE, TARGET, CrossDomainLearner, domain_of
 from models.transfer.lightgcn import LightGCNLearner
-
-
-def split_by_domain(history: UserHistory, domain: Tensor) -> tuple[UserHistory, int, int]:
-    """Reorder a history to [source events..., target events...] (time order kept inside each)
-    and return it with the two counts. ``domain`` is the bank's (N,) code vector."""
-    dom = domain[history.items]
-    src = torch.nonzero(dom != TARGET).flatten()
-    tgt = torch.nonzero(dom == TARGET).flatten()
-    order = torch.cat([src, tgt])
-    reordered = UserHistory(
-        items=history.items[order],
-        targets=history.targets[order],
-        ratings=history.ratings[order],
-        profile=history.profile,
-        times=None if history.times is None else history.times[order],
-    )
-    return reordered, int(src.numel()), int(tgt.numel())
 
 
 def graph_edges(histories: Sequence[UserHistory], bank: ItemBank) -> tuple[Tensor, Tensor]:

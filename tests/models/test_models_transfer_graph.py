@@ -10,13 +10,8 @@ import torch
 
 from models.base import ItemBank, LearnerConfig, SupportBatch
 from models.training import UserHistory
-from models.transfer.graph import (
-    GRID,
-    GraphHyper,
-    build_graph_learner,
-    fit_graph,
-    transfer_episodes,
-)
+from models.transfer.episodes import transfer_episodes
+from models.transfer.graph import GRID, GraphHyper, build_graph_learner, fit_graph
 from models.transfer.learners import SOURCE, TARGET
 
 N_SRC, N_TGT = 6, 5
