@@ -47,6 +47,11 @@ class Settings:
     offset_dedup: bool = True
     # Serving
     learner: str = "fomaml"
+    # Cross-domain transfer (models/transfer, `kindling transfer`): the domain whose events a
+    # transfer learner carries over and the domain it serves with them. Empty: inferred from
+    # event counts (the larger domain is the source), which flips as the stream's mix changes.
+    transfer_source_domain: str = ""
+    transfer_target_domain: str = ""
     model_dir: str = ""  # a checkpoint directory; empty = newest version under data_dir/models
     top_k: int = 10
     inner_steps: int = 2

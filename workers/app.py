@@ -90,7 +90,8 @@ def load_bundle(settings: Settings) -> ModelBundle:
         return bundle
     log.warning("no trained model under %s: serving an untrained %s (content only)",
                 settings.data_dir, settings.learner)
-    return ModelBundle.untrained(settings.learner, learner_config(settings))
+    return ModelBundle.untrained(settings.learner,
+                                 learner_config(settings, learner=settings.learner))
 
 
 class Kindling:
