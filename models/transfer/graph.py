@@ -420,12 +420,13 @@ def fit_graph(
     The users of ``histories`` active in both domains are split into ``inner_folds`` folds; for
     each, a graph of every other history scores the fold's transfer episodes (the serving
     situation: last ``capacity - k`` source events + first ``k`` target events, query = the later
-    target events) at every ``k`` in ``shots``. Stage 1 picks ``alpha``, ``beta``, ``smooth``,
-    ``target_smooth``, ``prior`` and ``prior_overlap`` by NDCG@10 at the smallest ``k`` (0: pure
-    transfer); stage 2 picks ``same_domain`` (what a target event weighs) by the mean over
-    ``shots`` of NDCG@10 relative to the popularity prior alone (each ``k`` counts the same);
-    stage 3 the rating hyper-parameters by MAE over the same episodes. ``histories`` must hold
-    no event of an evaluation's test users: what is chosen here never sees them.
+    target events) at every ``k`` in ``shots``. Stage 1 picks ``alpha``, ``beta``, ``smooth`` and
+    ``prior``, then ``target_smooth``, ``prior`` and ``prior_overlap`` around them, by NDCG@10 at
+    the smallest ``k`` (0: pure transfer); stage 2 picks ``same_domain`` (what a target event
+    weighs) by the mean over ``shots`` of NDCG@10 relative to the popularity prior alone (each
+    ``k`` counts the same); stage 3 the rating hyper-parameters by MAE over the same episodes.
+    ``histories`` must hold no event of an evaluation's test users: what is chosen here never
+    sees them.
     """
     t0 = time.perf_counter()
     grid = {**GRID, **(grid or {})}
@@ -578,13 +579,20 @@ def _search(folds: list[_InnerFold], grid: dict[str, tuple[Any, ...]], shots: Se
 
     first = [min(shots)]
     best, stage1 = GraphHyper(), -math.inf
+    # 1a: the source side with the prior's weight; 1b: the target side and the prior around it
     for source_side in _product({k: grid[k] for k in ("alpha", "beta", "smooth")}):
-        for prior_side in _product({k: grid[k] for k in ("target_smooth", "prior",
-                                                          "prior_overlap")}):
-            h = GraphHyper(**source_side, **prior_side)
+        for prior in grid["prior"]:
+            h = GraphHyper(**source_side, prior=prior)
             score = relative(h, first)
             if score > stage1:
                 best, stage1 = h, score
+    chosen = best
+    for target_side in _product({k: grid[k] for k in ("target_smooth", "prior",
+                                                      "prior_overlap")}):
+        h = replace(chosen, **target_side)
+        score = relative(h, first)
+        if score > stage1:
+            best, stage1 = h, score
     chosen, stage2 = best, -math.inf
     for eta in grid["same_domain"]:
         h = replace(chosen, same_domain=eta)

@@ -170,3 +170,26 @@ def test_fit_graph_chooses_on_training_users_and_transfers() -> None:
     assert (top >= 30).all(), top
     eps = transfer_episodes(histories, b.domains, 1, 20)
     assert len(eps.users) == 120 and all(len(q) == 3 for q in eps.query)
+
+
+def test_target_smoothing_adds_one_mass_preserving_walk_step() -> None:
+    histories = [history(r) for r in GRAPH]
+    masses = {}
+    for gamma in (0.0, 2.0):
+        learner = build_graph_learner(histories, bank(), config(), GraphHyper(target_smooth=gamma))
+        prepared = learner.prepare(bank())
+        state = learner.adapt(learner.init_state(torch.zeros(1, 2)), support([[0, 3]]), prepared)
+        masses[gamma] = learner.evidence_mass(state, prepared)[0][0]
+    added = masses[2.0] - masses[0.0]
+    assert torch.allclose(added[:N_SRC], torch.zeros(N_SRC))  # only target items move
+    # one step keeps the target mass (every target item with mass has users)
+    assert added[N_SRC:].sum() == pytest.approx(2.0 * masses[0.0][N_SRC:].sum(), rel=1e-5)
+    # the dense walk: item -> its users (1/deg item) -> their target items (1/deg_tgt user)
+    x = torch.zeros(len(GRAPH), bank().size)
+    for u, items in enumerate(GRAPH):
+        x[u, items] = 1.0
+    xt = x.clone()
+    xt[:, :N_SRC] = 0
+    step = (masses[0.0] * (1 / xt.sum(0).clamp(min=1))) @ xt.T
+    step = (step / xt.sum(1).clamp(min=1)) @ xt
+    assert torch.allclose(added, 2.0 * step, atol=1e-5)
