@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,10 @@ from engine.catalog import Catalog
 from engine.exploration import Explorer, checked_reward
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
-from engine.support import UserSupport
+from engine.support import BLOOM_BYTES, UserSupport
 from models.base import SupportBatch
 from models.recency import DecayedCounts
-from schemas import Interaction, RatingScale, RecItem, Recommendation
+from schemas import Interaction, RankedItems, RatingScale, RecItem, Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ class Snapshot:
     support: UserSupport
     explore_seq: int = -1  # position in the explorer's batch log right after this event
     watermark: int = -1  # the record's last_offset before this event (offset-reset check)
+
+
+@dataclass(slots=True)
+class _Record:
+    """One user's support-set record while a micro-batch is applied (see ``apply_batch``)."""
+
+    stored: bytes | None
+    support: UserSupport
+    changed: bool = False
 
 
 class Recommender:
@@ -69,6 +79,7 @@ class Recommender:
         self._domain_codes: np.ndarray = np.zeros(0, dtype=np.int64)
         self._domain_names: dict[str, int] = {}
         self._in_vocab: np.ndarray = np.zeros(0, dtype=bool)  # per catalog row: id in the model
+        self._ids: np.ndarray = np.zeros(0, dtype=object)  # catalog ids, for fancy indexing
         # Online decayed item counts (settings.recency_online), built lazily from the bundle's.
         self._recency: DecayedCounts | None = None
         self.skipped_unknown = 0
@@ -99,6 +110,7 @@ class Recommender:
             vocab = self.bundle.vocab_index
             self._in_vocab = np.fromiter((i in vocab for i in self.catalog.ids), dtype=bool,
                                          count=len(self.catalog))
+            self._ids = np.array(self.catalog.ids, dtype=object)
             self._prepared_key = key
         return self._prepared
 
@@ -112,36 +124,77 @@ class Recommender:
         ``offset`` (the worker passes the event's interactions-topic offset) makes de-duplication
         exact: an offset at or below the record's ``last_offset`` is a redelivery, however many
         events ago (ids alone cover only capacity + dedup_window). Replay passes none."""
+        return self.apply_batch([event], supports, [offset])[0]
+
+    def apply_batch(
+        self,
+        events: Sequence[Interaction],
+        supports: MutableMapping[str, bytes],
+        offsets: Sequence[int | None] | None = None,
+        bind: Callable[[int], None] | None = None,
+    ) -> list[Snapshot]:
+        """:meth:`apply` for a micro-batch, in event order, with one read and at most one write
+        of ``supports`` per user: a user's record is read at their first event, updated in memory
+        by each of their events, and written once after the batch (the table's changelog gets one
+        record per user, not one per event). Each snapshot is the user's state right after its
+        own event, exactly as :meth:`apply` one event at a time gives.
+
+        ``bind(i)`` is called before the table is read or written for the user of ``events[i]``
+        (the worker points Faust's table access at that event's partition)."""
+        if offsets is None:
+            offsets = [None] * len(events)
         if self.explorer is not None:
-            checked_reward(event, self.scale)  # a bad reward changes no state at all
-        stored = supports.get(event.user_id)
-        support = UserSupport.from_bytes(stored)
-        watermark = support.last_offset
-        redelivered = offset is not None and offset <= watermark
-        # Ids still count above the watermark: a producer may send one event at two offsets.
-        fresh = not redelivered and support.add(
-            event, self.settings.support_capacity, self.settings.dedup_window
-        )
-        if offset is not None and not redelivered:
-            support.last_offset = offset  # processed (applied, or a duplicate by id)
-        if fresh or support.last_offset != watermark:
-            supports[event.user_id] = support.to_bytes()
-        elif stored:
-            # Same bytes again, on purpose: after a crash the worker's local store can hold an
-            # effect whose changelog record died in the producer's buffer; the redelivered event
-            # is the last chance to put it in the changelog before its offset is committed
-            # (seen with `kindling chaos`: users' last effects missing from the changelog).
-            supports[event.user_id] = stored
-        row = self.catalog.ensure(event.item_id, event.domain)
-        if fresh and self.settings.recency_online:
-            recency = self._online_recency()
-            if recency is not None:
-                recency.add(row)
-        snap = self.snapshot(event, support, duplicate=not fresh)
-        snap.watermark = watermark
-        if self.explorer is not None:
-            snap.explore_seq = self.explorer.observe(event, fresh)
-        return snap
+            for event in events:  # a bad reward changes no state at all, not even a neighbour's
+                checked_reward(event, self.scale)
+        last_of: dict[str, int] = {event.user_id: i for i, event in enumerate(events)}
+        records: dict[str, _Record] = {}
+        capacity, window = self.settings.support_capacity, self.settings.dedup_window
+        snaps = []
+        for i, (event, offset) in enumerate(zip(events, offsets, strict=True)):
+            record = records.get(event.user_id)
+            if record is None:
+                if bind is not None:
+                    bind(i)
+                stored = supports.get(event.user_id)
+                record = records[event.user_id] = _Record(stored, UserSupport.from_bytes(stored))
+            support = record.support
+            watermark = support.last_offset
+            redelivered = offset is not None and offset <= watermark
+            # Ids still count above the watermark: a producer may send one event at two offsets.
+            fresh = not redelivered and support.add(event, capacity, window)
+            if offset is not None and not redelivered:
+                support.last_offset = offset  # processed (applied, or a duplicate by id)
+            if fresh or support.last_offset != watermark:
+                record.changed = True
+            row = self.catalog.ensure(event.item_id, event.domain)
+            if fresh and self.settings.recency_online:
+                recency = self._online_recency()
+                if recency is not None:
+                    recency.add(row)
+            # The user's later events in this batch change ``support`` in place: freeze a copy.
+            frozen = support if last_of[event.user_id] == i else support.copy()
+            snap = self.snapshot(event, frozen, duplicate=not fresh)
+            snap.watermark = watermark
+            if self.explorer is not None:
+                if bind is not None:
+                    bind(i)  # the bandit tables are written for this event, in its partition
+                snap.explore_seq = self.explorer.observe(event, fresh)
+            snaps.append(snap)
+        for user_id, record in records.items():
+            if record.changed:
+                if bind is not None:
+                    bind(last_of[user_id])
+                supports[user_id] = record.support.to_bytes()
+            elif record.stored:
+                # Same bytes again, on purpose: after a crash the worker's local store can hold
+                # an effect whose changelog record died in the producer's buffer; the redelivered
+                # event is the last chance to put it in the changelog before its offset is
+                # committed (seen with `kindling chaos`: users' last effects missing from the
+                # changelog).
+                if bind is not None:
+                    bind(last_of[user_id])
+                supports[user_id] = record.stored
+        return snaps
 
     #: With ``settings.recency_online``, the item bank is re-prepared once per this many events.
     RECENCY_REFRESH_EVENTS = 64
@@ -233,32 +286,37 @@ class Recommender:
         if self.explorer is not None and self.explorer.active:
             slates = self.explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
                                           support_scores, self._why)
-        ids = self.catalog.ids
-        # Per-item work as Python lists, not numpy scalars: this loop runs for every event.
-        rows_l, scores_l = top_rows_np.tolist(), top_scores_np.tolist()
-        known_l = self._in_vocab[top_rows_np].tolist()
-        for b, snap in enumerate(snapshots):
-            if slates is not None:
+        if slates is not None:
+            ids = self.catalog.ids
+            for b, snap in enumerate(snapshots):
                 items = tuple(RecItem(ids[row], score, why, propensity)
                               for row, score, why, propensity in slates[b]
                               if math.isfinite(score))
                 out.append(self._recommendation(snap, items, now))
-                continue
-            why = "exploit" if snap.rows else "popular"  # for items the model knows by id
-            items = tuple(
-                RecItem(ids[row], score, why if known else "content")
-                for row, score, known in zip(rows_l[b], scores_l[b], known_l[b], strict=True)
-                if math.isfinite(score)
-            )
-            out.append(
-                Recommendation(
-                    user_id=snap.event.user_id,
-                    items=items,
-                    model_version=self.bundle.version,
-                    source_event_id=snap.event.event_id,
-                    produced_at=now,
-                )
-            )
+            return out
+        # The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
+        # per item (RankedItems; the encoder reads the columns).
+        personal = np.fromiter((bool(s.rows) for s in snapshots), dtype=bool,
+                               count=len(snapshots))
+        known = self._in_vocab[top_rows_np]  # the model knows the item by id
+        whys = np.where(known, np.where(personal[:, None], "exploit", "popular"), "content")
+        ids_l = self._ids[top_rows_np].tolist()
+        # Rounded here for the whole batch (the wire carries 6 decimals), so the encoder writes
+        # each score as it is instead of rounding it item by item.
+        scores_l = np.round(top_scores_np.astype(np.float64), 6).tolist()
+        whys_l = whys.tolist()
+        finite = np.isfinite(top_scores_np)
+        ragged = not finite.all()  # fewer unmasked items than k for some user
+        version = self.bundle.version
+        for b, snap in enumerate(snapshots):
+            ids_b, scores_b, whys_b = ids_l[b], scores_l[b], whys_l[b]
+            if ragged and not finite[b].all():
+                n = int(finite[b].sum())  # top-k is sorted: the -inf entries are last
+                ids_b, scores_b, whys_b = ids_b[:n], scores_b[:n], whys_b[:n]
+            event = snap.event
+            out.append(Recommendation(event.user_id,
+                                      RankedItems(ids_b, scores_b, whys_b, rounded=True),
+                                      version, event.event_id, now))
         return out
 
     def process(
@@ -268,7 +326,7 @@ class Recommender:
         profile_of: ProfileLookup | None = None,
     ) -> list[Recommendation]:
         """apply + rank for a micro-batch (what replay runs in-process)."""
-        return self.rank([self.apply(e, supports) for e in events], profile_of)
+        return self.rank(self.apply_batch(events, supports), profile_of)
 
     # ---------------------------------------------------------------- helpers
     def _blend(
@@ -308,19 +366,19 @@ class Recommender:
 
     def _support_batch(self, snapshots: Sequence[Snapshot]) -> SupportBatch:
         b = len(snapshots)
-        s = max((len(x.rows) for x in snapshots), default=0)
+        lengths = np.fromiter((len(x.rows) for x in snapshots), dtype=np.int64, count=b)
+        s = int(lengths.max(initial=0))
         items = np.zeros((b, s), dtype=np.int64)
         targets = np.zeros((b, s), dtype=np.float32)
         ratings = np.full((b, s), np.nan, dtype=np.float32)
-        mask = np.zeros((b, s), dtype=bool)
-        for i, snap in enumerate(snapshots):
-            n = len(snap.rows)
-            if n:
-                # Right-aligned would change GRU semantics; left-aligned + mask, oldest first.
-                items[i, :n] = snap.rows
-                targets[i, :n] = snap.targets
-                ratings[i, :n] = snap.ratings
-                mask[i, :n] = True
+        # Right-aligned would change GRU semantics; left-aligned + mask, oldest first. A boolean
+        # mask fills in row-major order, i.e. each user's events in order: one assignment per
+        # array for the whole batch.
+        mask = np.arange(s)[None, :] < lengths[:, None]
+        if s:
+            items[mask] = list(chain.from_iterable(x.rows for x in snapshots))
+            targets[mask] = list(chain.from_iterable(x.targets for x in snapshots))
+            ratings[mask] = list(chain.from_iterable(x.ratings for x in snapshots))
         return SupportBatch(
             torch.from_numpy(items),
             torch.from_numpy(targets),
@@ -340,26 +398,32 @@ class Recommender:
         return torch.from_numpy(out)
 
     def _exclude(self, scores: torch.Tensor, snapshots: Sequence[Snapshot]) -> None:
-        """Items already seen (support + Bloom of evicted) and items of other domains: -inf."""
-        n_items = scores.shape[1]
-        multi_domain = len(self._domain_names) > 1
-        domain_codes = torch.from_numpy(self._domain_codes[:n_items]) if multi_domain else None
-        bloom = self.catalog.bloom
-        users: list[int] = []
-        items: list[int] = []
-        other_domain: dict[int, torch.Tensor] = {}
-        for i, snap in enumerate(snapshots):
-            if snap.exclude:
-                users.extend([i] * len(snap.exclude))
-                items.extend(snap.exclude)
-            seen = snap.support.seen_mask(bloom)
-            if seen is not None:
-                scores[i, torch.from_numpy(seen)] = -math.inf
-            if domain_codes is not None:
-                code = self._domain_names.get(snap.event.domain)
-                if code is not None:
-                    if code not in other_domain:
-                        other_domain[code] = domain_codes != code
-                    scores[i, other_domain[code]] = -math.inf
-        if users:  # one indexed write for the whole batch
-            scores[torch.tensor(users), torch.tensor(items)] = -math.inf
+        """Items already seen (support + Bloom of evicted) and items of other domains: -inf,
+        through one (batch, items) mask built with array operations and applied once."""
+        scores.masked_fill_(torch.from_numpy(self._exclusion_mask(snapshots, scores.shape[1])),
+                            -math.inf)
+
+    def _exclusion_mask(self, snapshots: Sequence[Snapshot], n_items: int) -> np.ndarray:
+        mask = np.zeros((len(snapshots), n_items), dtype=bool)
+        if len(self._domain_names) > 1:
+            # A user's event domain unknown to the catalog masks nothing (code -1 matches none
+            # of the rows' codes, so the comparison is skipped for it).
+            codes = np.fromiter((self._domain_names.get(s.event.domain, -1) for s in snapshots),
+                                dtype=np.int64, count=len(snapshots))
+            known = codes >= 0
+            mask[known] = self._domain_codes[None, :n_items] != codes[known, None]
+        users = [i for i, s in enumerate(snapshots) if s.exclude]
+        if users:
+            rows = np.repeat(users, [len(snapshots[i].exclude) for i in users])
+            mask[rows, np.concatenate([snapshots[i].exclude for i in users])] = True
+        positions = self.catalog.bloom[:n_items]  # (items, hashes)
+        evicted = [i for i, s in enumerate(snapshots) if len(s.support.bloom) == BLOOM_BYTES]
+        if evicted:
+            blooms = np.frombuffer(b"".join(snapshots[i].support.bloom for i in evicted),
+                                   dtype=np.uint8).reshape(len(evicted), BLOOM_BYTES)
+            bits = np.unpackbits(blooms, axis=1, bitorder="little")  # (users, bloom bits)
+            mask[evicted] |= bits[:, positions].all(axis=2)
+        for i, snap in enumerate(snapshots):  # a Bloom of another size: one user at a time
+            if snap.support.bloom and len(snap.support.bloom) != BLOOM_BYTES:
+                mask[i] |= snap.support.seen_mask(positions)
+        return mask

@@ -31,12 +31,29 @@ class Settings:
     # and 16 KiB; these gave +13% events/s through the embedded broker (`kindling bench kafka`).
     producer_linger_ms: int = 5
     producer_max_batch_size: int = 256 * 1024
+    # Idempotent kafka-python producers (kindling produce, load, chaos, bench). Off for the
+    # S3-backed embedded broker: after a crash, Tansu 0.6.0 on S3 answers a retried batch it
+    # never stored with DUPLICATE_SEQUENCE_NUMBER, which an idempotent producer takes as
+    # delivered (records lost at each broker kill, `kindling chaos --kill broker`). Without it a
+    # retry may store a record twice; the worker de-duplicates interactions by event id.
+    producer_idempotence: bool = True
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str = ""  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     sasl_username: str = ""
     # secrets only via env: never logged, never in files, never in repr()
     sasl_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
+    # The embedded broker's storage (streams/broker.py; `kindling broker`, chaos, bench kafka).
+    # "memory" (the default: everything is gone when it stops) or "s3://BUCKET/" (Tansu keeps
+    # topics, offsets and changelogs in that bucket and a restarted broker finds them again).
+    # S3 credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_SESSION_TOKEN), never from settings: see docs/broker.md.
+    broker_storage: str = "memory"
+    # S3 API endpoint for that storage: "" = AWS itself (by region), a URL for MinIO or another
+    # S3-compatible store (http:// allows plain HTTP), or "local": start a loopback S3 endpoint
+    # (moto's server, the `test` extra) for tests and local use; its objects live in its memory.
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
     # State
     data_dir: str = "./kindling-data"
     support_capacity: int = 20
@@ -46,7 +63,11 @@ class Settings:
     # taken for redeliveries (the worker warns when an offset is far below a user's watermark).
     offset_dedup: bool = True
     # Serving
-    learner: str = "fomaml"
+    learner: str = "hybrid"
+    # The hybrid learner's item-item table (models/hybrid.py): neighbours kept per item, and the
+    # most interacted items EASE models (its dense Gram matrix is this size squared).
+    itemitem_neighbours: int = 128
+    itemitem_max_items: int = 5000
     # Cross-domain transfer (models/transfer, `kindling transfer`): the domain whose events a
     # transfer learner carries over and the domain it serves with them. Empty: inferred from
     # event counts (the larger domain is the source), which flips as the stream's mix changes.
@@ -73,6 +94,10 @@ class Settings:
     pipeline: str = "full"
     # Freeze the worker's start-up heap out of Python's cyclic GC (workers/cli.py, cmd_worker).
     gc_freeze: bool = True
+    # The worker's asyncio event loop: uvloop | asyncio. uvloop (libuv) cuts the per-event cost of
+    # the Kafka clients' I/O and Faust's tasks (`kindling bench kafka`, docs/throughput.md);
+    # asyncio is the standard library's loop, for platforms or debuggers uvloop does not suit.
+    event_loop: str = "uvloop"
     rating_low: float = 0.0
     rating_high: float = 5.0
     # Keep the model's decayed item counts (its "popular lately" prior, models/recency.py) fresh

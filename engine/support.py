@@ -105,6 +105,11 @@ class UserSupport:
     def __iter__(self) -> Iterator[SupportEvent]:
         return iter(self.events)
 
+    def copy(self) -> UserSupport:
+        """An independent copy (the events themselves are never changed, so they are shared)."""
+        return UserSupport(list(self.events), list(self.evicted_ids), bytearray(self.bloom),
+                           self.n_total, self.last_offset)
+
     def seen_event(self, digest: int) -> bool:
         return digest in self.evicted_ids or any(e.event_hash == digest for e in self.events)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,10 +24,12 @@ from engine.catalog import Catalog
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
 from models.base import LearnerConfig, create
+from models.hybrid import HybridLearner, Selection, install, interactions, select
 from models.recency import RecencySnapshots, decayed_counts
 from models.training import (
     UserHistory,
     calibrate_recency,
+    cold_start_batches,
     has_recency_weight,
     heldout_loss,
     latest_users,
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 META_RECIPE: dict[str, Any] = {
     # After meta-training, rescale the prior's recency weight for NDCG@10 on this fraction of the
     # training users, the latest to arrive (models.training.calibrate_recency); 0 turns it off.
-    "calibrate_recency": 0.15,
+    "calibrate_recency": 0.2,
     "batch_users": 32,
     "lr": 0.01,
     "weight_decay": 1.0,
@@ -70,6 +73,14 @@ LEARNER_RECIPES: dict[str, dict[str, Any]] = {
     "fomaml": {"p_first": 1.0, "decay_scalars": False},
     "maml": {"p_first": 1.0, "decay_scalars": False},
 }
+
+#: The hybrid's held-out probe users when recency calibration is off (else its fraction).
+SELECTION_FRACTION = 0.2
+#: At most this many held-out users (the latest) make the hybrid's choices.
+SELECTION_USERS = 600
+#: Support sizes of the held-out episodes the hybrid's gates are chosen on (each gate bucket of
+#: models.hybrid.GATE_EDGES gets at least one).
+SELECTION_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 
 #: Half-life, in events, of the decayed item counts behind ``ItemBank.recency`` (the learned
 #: "popular lately" item prior, :mod:`models.recency`). Measured on ml-latest-small new users, a
@@ -226,7 +237,9 @@ def train_bundle(
         bundle.learner = model  # fit_transfer builds the learner (LightGCN sizes its graph)
         report.update(trained)
     elif train_h and steps > 0:
-        merged = {**META_RECIPE, **LEARNER_RECIPES.get(name, {}), **(recipe or {})}
+        # a composite learner (the hybrid) meta-trains its core with the core's recipe
+        core_name = getattr(model, "core", model).name
+        merged = {**META_RECIPE, **LEARNER_RECIPES.get(core_name, {}), **(recipe or {})}
         calibrate = float(merged.pop("calibrate_recency", 0.0))
 
         def fit(target: Any, users: list[UserHistory], n_steps: int) -> dict[str, Any]:
@@ -239,23 +252,48 @@ def train_bundle(
             out.update({k: v for k, v in trained.items() if k != "losses"})
             return out
 
-        scale = None
-        if calibrate > 0 and recency is not None and has_recency_weight(model):
-            # Held out: a second model trained without the latest users picks the multiplier on
-            # them (a model that has trained on them prefers its own weights to any prior).
-            late = latest_users(train_h, calibrate)
+        hybrid = isinstance(model, HybridLearner)
+        scale, selection = None, None
+        seconds: dict[str, float] = {}
+        fraction = calibrate if calibrate > 0 else (SELECTION_FRACTION if hybrid else 0.0)
+        calibrating = calibrate > 0 and recency is not None and has_recency_weight(model)
+        if fraction > 0 and (calibrating or hybrid):
+            # Held out: a probe trained without the latest users makes its choices on them (a
+            # model that has trained on them prefers its own weights to any prior): the recency
+            # multiplier, and for the hybrid its item-item table, gates and rating shrinks.
+            late = latest_users(train_h, fraction)
             held_out = {id(h) for h in late}
             kept = [h for h in train_h if id(h) not in held_out]
             if late and len(kept) >= len(late):  # else the probe would learn from too few
+                t0 = time.perf_counter()
                 probe = create(name, config)
                 fit(probe, kept, max(1, steps // 2))
                 probe.eval()
-                scale = calibrate_recency(probe, late, bank, recency=recency)
+                seconds["probe"] = time.perf_counter() - t0
+                if calibrating:
+                    t0 = time.perf_counter()
+                    scale = calibrate_recency(probe, late, bank, recency=recency)
+                    rescale_recency(probe, float(scale["scale"]))
+                    seconds["recency_calibration"] = time.perf_counter() - t0
+                if hybrid:
+                    t0 = time.perf_counter()
+                    selection = _select_hybrid(probe, kept, late, bank, recency, settings)
+                    seconds["hybrid_selection"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         report.update(fit(model, train_h, steps))
+        seconds["train"] = time.perf_counter() - t0
         if scale is not None:
             rescale_recency(model, float(scale["scale"]))
             report["recency_calibration"] = scale
             report["recency_scale"] = float(scale["scale"])  # a scalar for retrain.jsonl
+        if hybrid and selection is not None:
+            t0 = time.perf_counter()
+            install(model, interactions(train_h, bank.id_index, len(vocab)), selection,
+                    neighbours=settings.itemitem_neighbours, max_items=settings.itemitem_max_items)
+            seconds["hybrid_install"] = time.perf_counter() - t0
+            report["hybrid"] = selection.report
+        report["phase_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+        log.info("trained %s: %s", name, report["phase_seconds"])
     model.eval()
     if train_h and steps > 0 and not isinstance(catalog.encoder, HashingFeaturizer):
         # A text encoder's vectors: fit text -> item space on the warm items and fold it into the
@@ -264,9 +302,10 @@ def train_bundle(
         from models.common import TowerLearner
         from models.content import fold_projection
 
-        if isinstance(model, TowerLearner):
+        tower_learner = getattr(model, "core", model)  # the hybrid's item tower is its core's
+        if isinstance(tower_learner, TowerLearner):
             with torch.no_grad():
-                report["projection"] = fold_projection(model, bank, seed=seed)
+                report["projection"] = fold_projection(tower_learner, bank, seed=seed)
     if domains is not None:
         report["domains"] = domains
         report["heldout_ndcg"] = (transfer_score(bundle, held_h, catalog, domains,
@@ -347,6 +386,24 @@ def promote_transfer_if_better(
         return False, scores
     save_bundle(candidate, data_dir, extra={"promotion": scores})
     return True, scores
+
+
+def _select_hybrid(
+    probe: HybridLearner,
+    kept: Sequence[UserHistory],
+    late: Sequence[UserHistory],
+    bank: Any,
+    recency: RecencySnapshots | None,
+    settings: Settings,
+) -> Selection:
+    """The hybrid's choices on the held-out ``late`` users (at most :data:`SELECTION_USERS`),
+    from ``probe`` (trained on ``kept`` only) and tables fitted on ``kept`` only."""
+    users = list(late)[-SELECTION_USERS:]
+    episodes = ((n, cs) for n in SELECTION_SIZES
+                for cs in cold_start_batches(probe, users, bank, n, recency=recency))
+    n_vocab = probe.config.n_items
+    return select(probe, interactions(kept, bank.id_index, n_vocab), episodes, bank,
+                  neighbours=settings.itemitem_neighbours, max_items=settings.itemitem_max_items)
 
 
 def bundle_heldout_loss(

@@ -7,12 +7,20 @@
 ``river-biasedmf``     :class:`river.reco.BiasedMF`, ``learn_one`` per event, ranked by the
                        predicted rating computed from river's weights as one matrix product
 ``river-funkmf``       :class:`river.reco.FunkMF`, same
-``itemknn``            item-item cosine on binary co-occurrence (scipy sparse), user score =
-                       sum of similarities to the user's history
+``itemknn``            item-item asymmetric cosine on binary co-occurrence (scipy sparse),
+                       user score = sum of similarities to the user's history
+``ease``               EASE (Steck 2019): closed-form item-item regression, user score = sum of
+                       the weights from the user's items (:mod:`models.itemitem`)
+``sasrec``             SASRec (Kang & McAuley 2018), CPU-sized, next-item softmax training on
+                       the training users (:mod:`models.sasrec`); user score = next-item scores
+                       after the user's sequence
 =====================  ========================================================================
 
 Every ranker scores all candidate items in a vectorised way (no per-item Python loop). Unseen
 users get the ranker's fallback (popularity order for the count-based ones, biases for MF).
+
+Each ranker class names its main hyper-parameter and the values worth trying in ``TUNING``
+(``{"param": (value, ...)}``); :mod:`evaluation.tuning` picks one on training users only.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class _Base:
     """Item vocabulary, per-user histories, rating statistics and the top-k selection."""
 
     name = "base"
+    #: the main hyper-parameter and the values :mod:`evaluation.tuning` tries (none: nothing)
+    TUNING: dict[str, tuple[Any, ...]] = {}
     #: per-key tables a fork shares copy-on-write (a fork costs O(keys), not O(events))
     _cow_tables: tuple[str, ...] = ("history", "rated")
 
@@ -258,6 +268,7 @@ class RecentPopularityRanker(PopularityRanker):
     """Counts over the last ``window`` events only (a sliding window)."""
 
     name = "popularity-recent"
+    TUNING = {"window": (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)}
 
     def __init__(self, seed: int = 0, window: int = 5000) -> None:
         super().__init__(seed)
@@ -280,7 +291,9 @@ class RecentPopularityRanker(PopularityRanker):
 
 
 class ItemKNNRanker(PopularityRanker):
-    """Item-item cosine similarity of binary co-occurrence, ``sim(i, j) = C_ij / sqrt(n_i n_j)``.
+    """Item-item asymmetric cosine of binary co-occurrence (Aiolli 2013),
+    ``sim(j → i) = C_ij / (n_j^α · n_i^(1-α))``; ``α = 0.5`` is the cosine, a larger ``α``
+    favours popular candidates.
 
     ``fit`` builds the co-occurrence matrix ``C = XᵀX`` once (sparse); ``observe`` records new
     co-occurrences in a small per-item delta so online updates stay cheap. A user's score vector
@@ -289,9 +302,11 @@ class ItemKNNRanker(PopularityRanker):
 
     name = "itemknn"
     _cow_tables = ("history", "rated", "delta", "seen")
+    TUNING = {"alpha": (0.5, 0.6, 0.7, 0.8, 0.9)}
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, alpha: float = 0.5) -> None:
         super().__init__(seed)
+        self.alpha = alpha
         self.cooc: sparse.csr_matrix = sparse.csr_matrix((0, 0))
         self.delta: dict[int, Counter[int]] = defaultdict(Counter)
         self.seen: dict[str, set[int]] = defaultdict(set)
@@ -337,12 +352,13 @@ class ItemKNNRanker(PopularityRanker):
         self.counts[row] += 1
 
     def _similarity_sum(self, rows: Sequence[int]) -> np.ndarray:
-        """``Σ_{j ∈ rows} sim(j, ·)`` as one sparse product: ``(C[rows]ᵀ w) / sqrt(n)`` with
-        ``w_j = 1 / sqrt(n_j)``, plus the online co-occurrence deltas."""
+        """``Σ_{j ∈ rows} sim(j, ·)`` as one sparse product: ``(C[rows]ᵀ w) / n^(1-α)`` with
+        ``w_j = n_j^-α``, plus the online co-occurrence deltas."""
         n = len(self.ids)
-        norms = np.sqrt(np.maximum(self.counts[:n], 1.0))
+        counts = np.maximum(self.counts[:n], 1.0)
+        norms = counts ** (1.0 - self.alpha)
         idx = np.asarray(rows, dtype=np.int64)
-        weights = 1.0 / norms[idx]
+        weights = counts[idx] ** -self.alpha
         total = np.zeros(n)
         inside = idx < self.cooc.shape[0]
         if inside.any():
@@ -377,6 +393,129 @@ class ItemKNNRanker(PopularityRanker):
         return float(np.dot(sims, values) / sims.sum())
 
 
+# -------------------------------------------------------------------------------- EASE
+
+
+class EASERanker(PopularityRanker):
+    """EASE (Steck 2019): ``B = I - P / diag(P)``, ``P = (XᵀX + λI)⁻¹`` on the binary matrix of the
+    training users (:mod:`models.itemitem`, the same code as the ``hybrid`` learner's channel).
+
+    A user scores item ``j`` as ``Σ_{i ∈ history} B[i, j]``; EASE is a batch model, so ``observe``
+    grows the user's history (and the popularity fallback) but never refits ``B``. Only the
+    ``max_items`` most interacted items (with at least 2 users) get weights: rarer items have no
+    co-occurrence evidence and rank by popularity below every weighted item's tie-break.
+    """
+
+    name = "ease"
+    _cow_tables = ("history", "rated", "seen")
+    TUNING = {"lam": (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)}
+
+    def __init__(self, seed: int = 0, lam: float = 500.0, max_items: int = 6000) -> None:
+        super().__init__(seed)
+        self.lam, self.max_items = lam, max_items
+        self.seen: dict[str, set[int]] = defaultdict(set)
+        self.weights = np.zeros((0, 0), dtype=np.float32)
+        self.modelled = np.zeros(0, dtype=np.int64)  # item rows EASE has weights for
+        self.position = np.zeros(0, dtype=np.int64)  # item row -> index in ``weights`` or -1
+
+    def fit(self, events: Sequence[Interaction], catalog: Sequence[str] = ()) -> None:
+        import torch
+
+        from models.itemitem import ease_vocabulary, ease_weights, gram
+
+        for item_id in catalog:
+            self._row(item_id)
+        for event in events:
+            self.observe(event)
+        n = len(self.ids)
+        users = {u: k for k, u in enumerate(self.seen)}
+        pairs = [(users[u], r) for u, rows in self.seen.items() for r in rows]
+        u_idx = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        i_idx = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+        counts = np.bincount(i_idx, minlength=n)
+        self.modelled = ease_vocabulary(torch.from_numpy(counts), self.max_items).numpy()
+        self.position = np.full(n, -1, dtype=np.int64)
+        self.position[self.modelled] = np.arange(self.modelled.size)
+        g = gram(torch.from_numpy(u_idx), torch.from_numpy(self.position[i_idx]),
+                 self.modelled.size)
+        self.weights = ease_weights(g, self.lam).numpy()
+
+    def observe(self, event: Interaction) -> None:
+        super().observe(event)
+        self._own("seen", event.user_id)
+        self.seen[event.user_id].add(self.index[event.item_id])
+
+    def scores(self, user_id: str) -> np.ndarray:
+        n = len(self.ids)
+        pop = self.counts[:n]
+        rows = np.fromiter(self.seen.get(user_id, ()), dtype=np.int64)
+        pos = self.position[rows[rows < self.position.size]] if rows.size else rows
+        pos = pos[pos >= 0]
+        if pos.size == 0:
+            return pop
+        out = np.zeros(n)
+        out[self.modelled] = self.weights[pos].sum(axis=0)
+        return out + 1e-9 * pop / max(pop.max(initial=0.0), 1.0)
+
+
+# -------------------------------------------------------------------------------- SASRec
+
+
+class SASRecRanker(PopularityRanker):
+    """SASRec (:mod:`models.sasrec`) trained on the training users' sequences; a user's scores
+    are the next-item scores after the user's sequence (its last ``max_len`` items). Ratings:
+    the item mean, as popularity. ``epochs`` is the tuned training length.
+
+    Fitting the same events again with more epochs resumes the last run instead of starting over
+    (exactly the same model: :class:`models.sasrec.Trainer`), so tuning the epochs costs one run
+    of the longest value."""
+
+    name = "sasrec"
+    TUNING = {"epochs": (2, 4, 6, 8, 12)}
+    #: the last training run: (events fingerprint, settings) -> Trainer; one entry at most
+    _resumable: dict[tuple, Any] = {}
+
+    def __init__(self, seed: int = 0, epochs: int = 6, dim: int = 32, max_len: int = 30) -> None:
+        super().__init__(seed)
+        self.epochs, self.dim, self.max_len = epochs, dim, max_len
+        self.model: Any = None
+        self.report: dict[str, float] = {}
+
+    def fit(self, events: Sequence[Interaction], catalog: Sequence[str] = ()) -> None:
+        import copy as _copy
+
+        import torch
+
+        from models.sasrec import SASRec, Trainer
+
+        super().fit(events, catalog)
+        key = (id(events), len(events), events[0].event_id if events else "",
+               events[-1].event_id if events else "", len(self.ids), self.seed, self.dim,
+               self.max_len)
+        trainer = self._resumable.get(key)
+        if trainer is None or trainer.epochs > self.epochs:
+            sequences = [torch.tensor(h, dtype=torch.long) for h in self.history.values()]
+            model = SASRec(len(self.ids), dim=self.dim, max_len=self.max_len, seed=self.seed)
+            trainer = Trainer(model, sequences, seed=self.seed)
+            SASRecRanker._resumable.clear()
+            SASRecRanker._resumable[key] = trainer
+        self.report = trainer.train_to(self.epochs)
+        # a copy: the cached run trains on, this ranker keeps the model of its own epochs
+        self.model = _copy.deepcopy(trainer.model)
+
+    def scores(self, user_id: str) -> np.ndarray:
+        import torch
+
+        history = self.history.get(user_id)
+        if not history or self.model is None:
+            return self.counts[: len(self.ids)]
+        known = [r for r in history if r < self.model.n_items]
+        out = np.full(len(self.ids), -1e9)  # items unknown to the model rank last
+        if known:
+            out[: self.model.n_items] = self.model.scores([torch.tensor(known)])[0].numpy()
+        return out
+
+
 # -------------------------------------------------------------------------------- river MF
 
 
@@ -392,6 +531,7 @@ class RiverMFRanker(_Base):
 
     name = "river-biasedmf"
     biased = True
+    TUNING = {"lr": (0.005, 0.02, 0.05)}
 
     def __init__(
         self, seed: int = 0, n_factors: int = 16, lr: float = 0.05, l2: float = 0.01
@@ -497,6 +637,8 @@ REGISTRY: dict[str, Callable[..., Ranker]] = {
     "river-biasedmf": RiverMFRanker,
     "river-funkmf": RiverFunkMFRanker,
     "itemknn": ItemKNNRanker,
+    "ease": EASERanker,
+    "sasrec": SASRecRanker,
 }
 
 

@@ -18,6 +18,11 @@ Protocols
     the recommendation served after the user's previous event) is scored against its item
     (hr@K, ndcg@K, MRR), bucketed by the user's number of prior events (``0``, ``1``-2, ``3``-4,
     ``5``-9, ``10+``) and overall (``all``).
+``query-rank`` (MeLU / MAMO's protocol)
+    The same new users; per user the query is their last 10 rated events and the support their
+    first ``n`` events (``n`` in ``support_sizes``, users with at least ``n + 10`` events) or
+    ``all`` of their other events. Reported: MAE and RMSE of the query's predicted ratings, and
+    nDCG@1 / nDCG@3 of the 10 query items ranked by predicted rating (gain = the true rating).
 ``new-items`` (item cold start)
     Items first seen after the cut ``t1 - new_item_fraction * (t1 - t0)`` are new; models train
     on the events before the cut (so never on a new item). Each warm user with at least one
@@ -47,13 +52,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation import baselines, metrics
+from evaluation import baselines, metrics, tuning
 from evaluation.runners import BaselineRunner, KindlingRunner, Runner
 from schemas import Interaction, Item
+from streams.sources import log_format
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("few-shot", "prequential", "new-items")
+PROTOCOLS = ("few-shot", "prequential", "new-items", "query-rank")
+#: Query size of the query-rank protocol (MeLU's).
+QUERY_RANK_QUERY = 10
+#: Per-user values kept (in memory, ``report["_per_user"]``) for confidence intervals.
+PER_USER = ("ndcg@10", "hr@10", "ndcg@1", "ndcg@3")
 BUCKETS = ((0, "0"), (1, "1"), (3, "3"), (5, "5"), (10, "10+"))
 
 
@@ -122,6 +132,21 @@ def split_new_users(
     return train, dict(sorted(new.items(), key=lambda kv: (kv[1][0].ts, kv[0])))
 
 
+def split_latest_users(
+    events: Sequence[Interaction], fraction: float, minimum: int = 20
+) -> tuple[list[Interaction], dict[str, list[Interaction]]]:
+    """Inside training data: the ``fraction`` of users (at least ``minimum``) whose first event
+    is latest become validation users (histories in time order, as :func:`split_new_users`);
+    everyone else's events are returned for fitting. A count, not a time span: in training data
+    every user's first event precedes the protocol's cut, so the span rule would find none."""
+    users = by_user(events)
+    order = sorted(users, key=lambda u: (users[u][0].ts, u))
+    n = min(len(order) // 2, max(minimum, int(round(fraction * len(order)))))
+    held = set(order[len(order) - n:]) if n > 0 else set()
+    rest = [e for e in events if e.user_id not in held]
+    return rest, {u: users[u] for u in order if u in held}
+
+
 def digest(events: Iterable[Interaction]) -> str:
     """A fingerprint of an event sequence (for provenance and the leakage test)."""
     h = hashlib.blake2b(digest_size=16)
@@ -141,9 +166,10 @@ def make_runner(
     seed: int,
     train_steps: int,
     settings: Any = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Runner:
     if is_baseline(name):
-        return BaselineRunner(name, universe, seed=seed)
+        return BaselineRunner(name, universe, seed=seed, params=params)
     if name not in kindling_learners():
         raise KeyError(
             f"unknown model {name!r}; baselines: {sorted(baselines.REGISTRY)}, "
@@ -174,21 +200,27 @@ def _few_shot(
     k_list: Sequence[int],
     progress: bool,
     trace: dict[str, Any] | None,
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    ratings: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     kmax = max(k_list)
     sizes = sorted(set(support_sizes) | {1})
     out: dict[str, dict[str, float]] = {}
-    extra: dict[str, float] = {}
+    extra: dict[str, Any] = {}
     for n in _progress(sizes, progress, desc=f"{runner.name} few-shot"):
         users = [u for u, h in new.items() if len(h) > n]
         hist = [new[u] for u in users]
         if not hist:
             continue
-        ranked, predicted = runner.cold_start(hist, n, kmax)
+        ranked, predicted = runner.cold_start(hist, n, kmax, ratings=ratings)
         queries = [{e.item_id for e in h[n:]} for h in hist]
-        row = metrics.mean_metrics(metrics.ranking_metrics(ranked, queries, k_list))
-        row.update(_rating_errors(hist, predicted, n, universe))
+        per_user = metrics.ranking_metrics(ranked, queries, k_list)
+        row = metrics.mean_metrics(per_user)
+        errors = (_rating_errors(hist, predicted, n, universe) if ratings
+                  else {"summary": {"mae": math.nan, "rmse": math.nan}})
+        row.update(errors.pop("summary"))
         row["users"] = float(len(hist))
+        extra.setdefault("per_user", {})[str(n)] = {
+            "users": users, **{m: v for m, v in per_user.items() if m in PER_USER}, **errors}
         if n == 1:
             extra["first_recommendation_success"] = row["hr@10"] if 10 in k_list else math.nan
         if n in support_sizes:
@@ -204,20 +236,83 @@ def _few_shot(
 def _rating_errors(
     hist: Sequence[Sequence[Interaction]],
     predicted: Sequence[np.ndarray],
-    n: int,
+    n: int | Sequence[int],
     universe: set[str],
-) -> dict[str, float]:
-    """MAE/RMSE over rated query events whose item is rankable (in the universe)."""
-    pred, true = [], []
-    for h, p in zip(hist, predicted, strict=True):
-        for e, value in zip(h[n:], p, strict=True):
-            if e.kind == "rate" and e.item_id in universe and math.isfinite(value):
-                pred.append(value)
-                true.append(e.value)
-    return {
-        "mae": metrics.mae(np.array(pred), np.array(true)),
-        "rmse": metrics.rmse(np.array(pred), np.array(true)),
+) -> dict[str, Any]:
+    """MAE/RMSE over rated query events whose item is rankable (in the universe): the pooled
+    ``summary``, and per user the sums ``abs_err`` and ``sq_err`` over ``rated`` events (for
+    intervals over users)."""
+    sizes = [n] * len(hist) if isinstance(n, int) else list(n)
+    abs_err, sq_err, rated = [], [], []
+    for h, p, m in zip(hist, predicted, sizes, strict=True):
+        err = np.array([value - e.value for e, value in zip(h[m:], p, strict=True)
+                        if e.kind == "rate" and e.item_id in universe and math.isfinite(value)])
+        abs_err.append(float(np.abs(err).sum()))
+        sq_err.append(float((err**2).sum()))
+        rated.append(int(err.size))
+    total = max(sum(rated), 1)
+    summary = {
+        "mae": sum(abs_err) / total if sum(rated) else math.nan,
+        "rmse": math.sqrt(sum(sq_err) / total) if sum(rated) else math.nan,
     }
+    return {"summary": summary, "abs_err": abs_err, "sq_err": sq_err, "rated": rated}
+
+
+def _graded_ndcg(predicted: np.ndarray, gains: np.ndarray, k: int) -> float:
+    """nDCG@``k`` of items ranked by ``predicted`` (stable: ties keep query order), with linear
+    gains ``gains`` (the true ratings); ideal = gains sorted descending."""
+    order = np.argsort(-predicted, kind="stable")[:k]
+    discount = 1.0 / np.log2(np.arange(2, k + 2))[: order.size]
+    ideal = np.sort(gains)[::-1][:k]
+    idcg = float((ideal * discount[: ideal.size]).sum())
+    return float((gains[order] * discount).sum()) / idcg if idcg > 0 else 0.0
+
+
+def _query_rank(
+    runner: Runner,
+    new: Mapping[str, list[Interaction]],
+    universe: set[str],
+    support_sizes: Sequence[int],
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """MeLU/MAMO-style: rank each new user's last :data:`QUERY_RANK_QUERY` rated items by
+    predicted rating, after a support of their first ``n`` events or all their other events."""
+    out: dict[str, dict[str, float]] = {}
+    extra: dict[str, Any] = {}
+    q = QUERY_RANK_QUERY
+    cases: list[tuple[str, list[str], list[list[Interaction]], list[int]]] = []
+    queries: dict[str, list[Interaction]] = {}
+    rest: dict[str, list[Interaction]] = {}
+    for u, h in new.items():
+        rated_at = [i for i, e in enumerate(h) if e.kind == "rate" and e.item_id in universe]
+        if len(rated_at) < q:
+            continue
+        picked = set(rated_at[-q:])
+        queries[u] = [h[i] for i in sorted(picked)]
+        rest[u] = [e for i, e in enumerate(h) if i not in picked]
+    for n in sorted(set(support_sizes)):
+        users = [u for u in queries if len(rest[u]) >= n and n > 0]
+        cases.append((str(n), users, [rest[u][:n] + queries[u] for u in users], [n] * len(users)))
+    users = [u for u in queries if rest[u]]
+    cases.append(("all", users, [rest[u] + queries[u] for u in users],
+                  [len(rest[u]) for u in users]))
+    for key, users, hist, sizes in _progress(cases, progress, desc=f"{runner.name} query-rank"):
+        if not users:
+            continue
+        _, predicted = runner.cold_start(hist, sizes, 1)
+        errors = _rating_errors(hist, predicted, sizes, universe)
+        per_user: dict[str, list[float]] = {"ndcg@1": [], "ndcg@3": []}
+        for h, p, m in zip(hist, predicted, sizes, strict=True):
+            gains = np.array([e.value for e in h[m:]])
+            pred = np.nan_to_num(np.asarray(p, dtype=np.float64), nan=-np.inf)
+            for k in (1, 3):
+                per_user[f"ndcg@{k}"].append(_graded_ndcg(pred, gains, k))
+        row = {**errors.pop("summary"), **{m: float(np.mean(v)) for m, v in per_user.items()},
+               "users": float(len(users))}
+        out[key] = row
+        extra.setdefault("per_user", {})[key] = {
+            "users": users, **{m: np.array(v) for m, v in per_user.items()}, **errors}
+    return out, extra
 
 
 def _bucket(prior: int) -> str:
@@ -315,6 +410,7 @@ def replay(
     settings: Any = None,
     trace: dict[str, Any] | None = None,
     serve_via: Callable[[Runner, ReplayLog], Runner] | None = None,
+    tune_baselines: bool = True,
 ) -> dict[str, Any]:
     """Replay ``log`` under one protocol for every model; see the module docstring.
 
@@ -356,12 +452,18 @@ def replay(
         processes (``ops.replay_kafka.via_kafka``); its ``label`` is reported as
         ``meta["served_via"]``. Baselines are unchanged.
 
+    tune_baselines : bool
+        Few-shot and query-rank: pick each baseline's main hyper-parameter on training users
+        first (:func:`tune_baseline`; reported in ``meta["tuning"]``).
+
     Returns
     -------
     dict
         ``{"results": {model: {key: {metric: value}}}, "meta": {...}, "latency_ms": {model:
-        {"p50", "p99", "mean", "n"}}}``; ``key`` is the support size (few-shot), the prior-event
-        bucket (prequential) or ``"all"`` (new-items).
+        {"p50", "p99", "mean", "n"}}}``; ``key`` is the support size (few-shot, query-rank, with
+        ``"all"`` there too), the prior-event bucket (prequential) or ``"all"`` (new-items).
+        In memory only: ``report["_per_user"][model][key]`` holds per-user values (``users``,
+        the :data:`PER_USER` metrics, ``abs_err``/``sq_err``/``rated``) for intervals.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -390,7 +492,14 @@ def replay(
     }
     split = _split(data, protocol, new_user_fraction, new_item_fraction, max_stream_events)
     meta.update(split["meta"])
+    per_user: dict[str, dict[str, Any]] = {}
     for name in models:
+        params = None
+        if tune_baselines and is_baseline(name) and protocol in ("few-shot", "query-rank"):
+            tuned = tune_baseline(name, data, split["train"], seed=seed,
+                                  support_sizes=support_sizes, new_user_fraction=new_user_fraction)
+            meta.setdefault("tuning", {})[name] = tuned
+            params = tuned["params"]
         runner = make_runner(
             name,
             data,
@@ -398,11 +507,12 @@ def replay(
             seed=seed,
             train_steps=train_steps,
             settings=settings,
+            params=params,
         )
         if serve_via is not None and not is_baseline(name):
             runner = serve_via(runner, data)
         model_trace = None if trace is None else trace.setdefault(name, {})
-        results[name] = _run(
+        results[name], per_user[name] = _run(
             runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
         )
         latency[name] = latency_summary(runner.latencies_ms)
@@ -410,7 +520,8 @@ def replay(
         meta["models"][name] = runner.info
         logger.info("%s done (%s)", name, protocol)
     meta["seconds"] = time.perf_counter() - t_start
-    report = {"results": results, "meta": meta, "latency_ms": latency, "_latency_samples": samples}
+    report = {"results": results, "meta": meta, "latency_ms": latency, "_latency_samples": samples,
+              "_per_user": per_user}
     if out_dir is not None:
         from evaluation.report import write_report
 
@@ -425,7 +536,7 @@ def _split(
     new_item_fraction: float,
     max_stream_events: int | None,
 ) -> dict[str, Any]:
-    if protocol == "few-shot":
+    if protocol in ("few-shot", "query-rank"):
         train, new = split_new_users(data.events, new_user_fraction)
         meta = {
             "train_events": len(train),
@@ -454,24 +565,63 @@ def _run(
     progress: bool,
     meta: dict[str, Any],
     trace: dict[str, Any] | None,
-) -> dict[str, dict[str, float]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Fit ``runner`` and run one protocol: ``(results by key, per-user values by key)``."""
     runner.fit(split["train"])
     if hasattr(runner, "with_top_k"):  # Kindling learners, in-process or via Kafka
         runner.with_top_k(max(k_list), max(support_sizes))
     if trace is not None:
         trace["train_digest"] = digest(split["train"])
+    universe = set(_universe(data, split["train"]))
     if protocol == "few-shot":
-        universe = set(_universe(data, split["train"]))
         out, extra = _few_shot(
             runner, split["new"], universe, support_sizes, k_list, progress, trace
         )
         meta.setdefault("first_recommendation_success", {})[runner.name] = extra.get(
             "first_recommendation_success", math.nan
         )
-        return out
+        return out, extra.get("per_user", {})
+    if protocol == "query-rank":
+        out, extra = _query_rank(runner, split["new"], universe, support_sizes, progress)
+        return out, extra.get("per_user", {})
     if protocol == "prequential":
-        return _prequential(runner, split["train"], split["stream"], k_list, progress)
-    return _new_items(runner, split["train"], split["new_items"], split["targets"], k_list)
+        return _prequential(runner, split["train"], split["stream"], k_list, progress), {}
+    return _new_items(runner, split["train"], split["new_items"], split["targets"], k_list), {}
+
+
+def tune_baseline(
+    name: str,
+    data: ReplayLog,
+    train: Sequence[Interaction],
+    *,
+    seed: int,
+    support_sizes: Sequence[int],
+    new_user_fraction: float,
+    k: int = 10,
+) -> dict[str, Any]:
+    """Pick a baseline's main hyper-parameter on training users (:mod:`evaluation.tuning`): the
+    few-shot protocol inside ``train`` (its ``new_user_fraction`` latest-arriving users are the
+    validation users, :func:`split_latest_users`), scored by mean NDCG@``k`` over
+    ``support_sizes``."""
+    from evaluation.runners import BaselineRunner
+
+    def split(events: Sequence[Interaction]) -> tuple[list[Interaction], Mapping[str, list]]:
+        return split_latest_users(events, new_user_fraction)
+
+    def score(params: Mapping[str, Any], inner: list[Interaction],
+              validation: Mapping[str, list]) -> float:
+        universe = _universe(data, inner)
+        runner = BaselineRunner(name, universe, seed=seed, params=params)
+        runner.fit(inner)
+        out, _ = _few_shot(runner, validation, set(universe), support_sizes, (k,), False, None,
+                           ratings=False)
+        values = [row[f"ndcg@{k}"] for row in out.values()]
+        return float(np.mean(values)) if values else math.nan
+
+    t0 = time.perf_counter()
+    result = tuning.tune(name, train, split, score)
+    result["seconds"] = time.perf_counter() - t0
+    return result
 
 
 def latency_summary(samples: Sequence[float]) -> dict[str, float]:
@@ -552,4 +702,14 @@ def load_log(
     read = read_log(log_path, mapping)
     items_file = items_path or items_beside(log_path)
     items = read_items(items_file).items if items_file else []
-    return ReplayLog(read.events, items, {}, Path(log_path).parent.name or str(log_path))
+    return ReplayLog(read.events, items, {}, log_name(log_path))
+
+
+def log_name(log_path: str | Path) -> str:
+    """A report's name for a log: its folder for a MovieLens release (``ml-latest-small``),
+    ``folder/stem`` for other files (``douban-book-music/book_ratings``: one folder may hold
+    several logs)."""
+    path = Path(log_path)
+    if log_format(path) == "movielens":
+        return path.parent.name or str(path)
+    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem

@@ -35,10 +35,12 @@ class Runner(Protocol):
         """Train on ``train`` (time-ordered); the universe of rankable items is fixed here."""
 
     def cold_start(
-        self, histories: Sequence[History], n: int, k: int
+        self, histories: Sequence[History], n: int | Sequence[int], k: int, *,
+        ratings: bool = True,
     ) -> tuple[list[list[str]], list[np.ndarray]]:
         """Per history: the top ``k`` after its first ``n`` events (support items excluded) and
-        the predicted ratings of its remaining events (the query)."""
+        the predicted ratings of its remaining events (the query; empty arrays when
+        ``ratings`` is false). ``n`` may be one support size per history."""
 
     def rank_among(
         self, histories: Sequence[History], candidates: Sequence[str], k: int
@@ -50,6 +52,15 @@ class Runner(Protocol):
     ) -> Iterator[list[str]]:
         """Prequential: after warming up on ``warm``, yield for each of ``events`` the user's
         current top ``k`` *before* the event, then learn from it."""
+
+
+def per_history(n: int | Sequence[int], histories: Sequence[History]) -> list[int]:
+    """One support size per history (``n`` for all of them when it is an int)."""
+    if isinstance(n, int):
+        return [n] * len(histories)
+    if len(n) != len(histories):
+        raise ValueError(f"{len(n)} support sizes for {len(histories)} histories")
+    return [int(m) for m in n]
 
 
 def batches(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -64,12 +75,15 @@ class BaselineRunner:
     """Drives a :class:`~evaluation.baselines.Ranker`; each cold-start user gets a fork of the
     fitted ranker, so new users never see each other's events."""
 
-    def __init__(self, name: str, universe: Sequence[str], seed: int = 0) -> None:
+    def __init__(
+        self, name: str, universe: Sequence[str], seed: int = 0,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.universe = list(universe)
-        self.model = baselines.create(name, seed=seed)
+        self.model = baselines.create(name, seed=seed, **dict(params or {}))
         self.latencies_ms: list[float] = []
-        self.info: dict[str, Any] = {"kind": "baseline"}
+        self.info: dict[str, Any] = {"kind": "baseline", "params": dict(params or {})}
 
     def fit(self, train: Sequence[Interaction]) -> None:
         t0 = time.perf_counter()
@@ -90,19 +104,20 @@ class BaselineRunner:
         return out
 
     def cold_start(
-        self, histories: Sequence[History], n: int, k: int
+        self, histories: Sequence[History], n: int | Sequence[int], k: int, *,
+        ratings: bool = True,
     ) -> tuple[list[list[str]], list[np.ndarray]]:
-        ranked, ratings = [], []
-        for h in histories:
+        ranked, predicted = [], []
+        for h, m in zip(histories, per_history(n, histories), strict=True):
             model = self.model.fork()
-            for e in h[:n]:
+            for e in h[:m]:
                 model.observe(e)
             user = h[0].user_id
-            ranked.append(self._recommend(model, user, k, {e.item_id for e in h[:n]}))
-            ratings.append(
-                np.array([model.predict_rating(user, e.item_id) for e in h[n:]], dtype=float)
-            )
-        return ranked, ratings
+            ranked.append(self._recommend(model, user, k, {e.item_id for e in h[:m]}))
+            predicted.append(np.array(
+                [model.predict_rating(user, e.item_id) for e in h[m:]] if ratings else [],
+                dtype=float))
+        return ranked, predicted
 
     def rank_among(
         self, histories: Sequence[History], candidates: Sequence[str], k: int
@@ -183,7 +198,9 @@ class KindlingRunner:
             heldout_fraction=0.0,
         )
         self.info["fit_seconds"] = time.perf_counter() - t0
-        self.info["train"] = {k: v for k, v in report.items() if isinstance(v, int | float | str)}
+        self.info["train"] = {k: v for k, v in report.items()
+                              if isinstance(v, int | float | str) or k in ("hybrid",
+                                                                         "phase_seconds")}
         self.rec = Recommender(self.settings, bundle, self.catalog, self.featurizer)
 
     def with_top_k(self, k: int, capacity: int) -> None:
@@ -228,16 +245,25 @@ class KindlingRunner:
         ]
 
     def cold_start(
-        self, histories: Sequence[History], n: int, k: int
+        self, histories: Sequence[History], n: int | Sequence[int], k: int, *,
+        ratings: bool = True,
     ) -> tuple[list[list[str]], list[np.ndarray]]:
-        supports: dict[str, bytes] = {}  # a fresh support store per support size
+        supports: dict[str, bytes] = {}  # a fresh support store per call
         ranked: list[list[str]] = []
-        ratings: list[np.ndarray] = []
-        for chunk in batches(histories, self.batch_size):
-            snaps = [[self.rec.apply(e, supports) for e in h[:n]][-1] for h in chunk]
+        predicted: list[np.ndarray] = []
+        sizes = per_history(n, histories)
+        for start in range(0, len(histories), self.batch_size):
+            chunk = histories[start : start + self.batch_size]
+            cut = sizes[start : start + self.batch_size]
+            snaps = [[self.rec.apply(e, supports) for e in h[:m]][-1]
+                     for h, m in zip(chunk, cut, strict=True)]
             ranked.extend(row[:k] for row in self._rank(snaps))
-            ratings.extend(self._predict(snaps, [h[n:] for h in chunk]))
-        return ranked, ratings
+            if ratings:
+                queries = [h[m:] for h, m in zip(chunk, cut, strict=True)]
+                predicted.extend(self._predict(snaps, queries))
+            else:
+                predicted.extend(np.zeros(0) for _ in chunk)
+        return ranked, predicted
 
     def _warm_snapshots(self, histories: Sequence[History]) -> list[Any]:
         supports: dict[str, bytes] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -182,6 +182,11 @@ def first_n_episodes(
 
 
 def _train_core(learner: Learner) -> TowerLearner:
+    """The differentiable core: the learner itself, or the meta-learned ``core`` of a composite
+    learner (the ``hybrid``'s), which is what meta-training and the held-out loss act on."""
+    core = getattr(learner, "core", None)
+    if not isinstance(learner, TowerLearner) and isinstance(core, TowerLearner):
+        return core
     if not isinstance(learner, TowerLearner):
         raise TypeError(
             f"{type(learner).__name__} does not expose the differentiable *_train methods"
@@ -422,8 +427,10 @@ def should_promote(new_loss: float, old_loss: float | None, *, tolerance: float 
     return new_loss <= old_loss + tolerance * abs(old_loss)
 
 
-#: Multipliers of the learned recency weight tried by :func:`calibrate_recency`.
-RECENCY_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+#: Multipliers of the learned recency weight tried by :func:`calibrate_recency` (0 turns the
+#: recency input off: on a log whose order is not time, such as Douban's rows grouped by user,
+#: "recently popular" is noise).
+RECENCY_SCALES: tuple[float, ...] = (1.0, 0.0, 0.5, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def _recency_module(learner: Learner) -> torch.nn.Module | None:
@@ -447,6 +454,60 @@ def latest_users(
     return pool[len(pool) - n :]
 
 
+@dataclass
+class ColdStartBatch:
+    """One batch of first-``n`` episodes after adaptation (see :func:`cold_start_batches`)."""
+
+    batch: EpisodeBatch
+    prepared: dict[str, Tensor]
+    state: dict[str, Tensor]
+    seen: Tensor  # (B, N) bool: support items, excluded from the ranking
+    relevant: Tensor  # (B, N) bool: every later item of the user (the query)
+
+
+def cold_start_batches(
+    learner: Learner,
+    histories: Sequence[UserHistory],
+    bank: ItemBank,
+    n: int,
+    *,
+    recency: RecencySnapshots | None = None,
+    batch_users: int = 64,
+    prepared: dict[str, Tensor] | None = None,
+) -> Iterator[ColdStartBatch]:
+    """First-``n`` cold-start episodes of ``histories`` (users with more than ``n`` events),
+    adapted by ``learner``'s differentiable core without gradients, in batches. With ``recency``
+    each batch's item prior sees the counts as of its episodes' positions, as in training;
+    otherwise the bank is prepared once (or ``prepared`` is used)."""
+    core = _train_core(learner)
+    keep = [h for h in histories if len(h) > n]
+    with torch.no_grad():
+        shared = prepared
+        if shared is None and recency is None:
+            shared = core.prepare_train(bank)
+        for i in range(0, len(keep), batch_users):
+            batch = first_n_episodes(keep[i : i + batch_users], n)
+            prep = shared
+            if prep is None:
+                assert batch.as_of is not None and recency is not None
+                prep = core.prepare_train(replace(
+                    bank, recency=recency_feature(recency.at(batch.as_of)),
+                    popularity=torch.log1p(recency.counts_at(batch.as_of))))
+            state = core.init_state_train(batch.profiles)
+            state = core.adapt_train(state, batch.support, prep, first_order=True)
+            seen = torch.zeros(len(batch.query_items), bank.size, dtype=torch.bool)
+            seen.scatter_(1, batch.support.items, batch.support.mask)
+            relevant = torch.zeros_like(seen)
+            relevant.scatter_(1, batch.query_items, batch.query_mask)
+            yield ColdStartBatch(batch, prep, state, seen, relevant)
+
+
+def ranked_ndcg(scores: Tensor, seen: Tensor, relevant: Tensor, k: int) -> Tensor:
+    """Per-row NDCG@``k`` of ``scores`` (B, N) with ``seen`` items excluded (B,)."""
+    top = scores.masked_fill(seen, float("-inf")).topk(k, dim=1).indices
+    return ndcg_at_k(torch.gather(relevant, 1, top), relevant.sum(1), k)
+
+
 def first_n_ndcg(
     learner: Learner,
     histories: Sequence[UserHistory],
@@ -464,30 +525,14 @@ def first_n_ndcg(
     training."""
     core = _train_core(learner)
     out: dict[int, float] = {}
-    with torch.no_grad():
-        shared = core.prepare_train(bank) if recency is None else None
-        for n in support_sizes:
-            keep = [h for h in histories if len(h) > n]
-            total = 0.0
-            for i in range(0, len(keep), batch_users):
-                batch = first_n_episodes(keep[i : i + batch_users], n)
-                prep = shared
-                if prep is None:
-                    assert batch.as_of is not None and recency is not None
-                    prep = core.prepare_train(replace(
-                        bank, recency=recency_feature(recency.at(batch.as_of)),
-                        popularity=torch.log1p(recency.counts_at(batch.as_of))))
-                state = core.init_state_train(batch.profiles)
-                state = core.adapt_train(state, batch.support, prep, first_order=True)
-                scores = core.score_train(state, prep)
-                seen = torch.zeros_like(scores, dtype=torch.bool)
-                seen.scatter_(1, batch.support.items, batch.support.mask)
-                top = scores.masked_fill(seen, float("-inf")).topk(k, dim=1).indices  # (B, k)
-                relevant = torch.zeros_like(seen)
-                relevant.scatter_(1, batch.query_items, batch.query_mask)
-                hits = torch.gather(relevant, 1, top)
-                total += float(ndcg_at_k(hits, relevant.sum(1), k).sum())
-            out[n] = total / len(keep) if keep else math.nan
+    for n in support_sizes:
+        total, users = 0.0, 0
+        for cs in cold_start_batches(core, histories, bank, n, recency=recency,
+                                     batch_users=batch_users):
+            scores = core.score_train(cs.state, cs.prepared)
+            total += float(ranked_ndcg(scores, cs.seen, cs.relevant, k).sum())
+            users += cs.seen.shape[0]
+        out[n] = total / users if users else math.nan
     return out
 
 
@@ -509,8 +554,9 @@ def calibrate_recency(
     times 2-4 gave fomaml +.03 to +.04 NDCG@10 at 1 and 3 events, both on the replay's new users
     and on the latest warm users, so the multiplier is chosen on ``histories`` (the caller passes
     the most recently arrived users, held out of this learner's training: the closest stand-in
-    for the next new users) from ``scales`` by mean NDCG over ``support_sizes``: the smallest
-    scale within ``tolerance`` (relative) of the best, so noise does not move it. The weight is
+    for the next new users) from ``scales`` by mean NDCG over ``support_sizes``: of the scales
+    within ``tolerance`` (relative) of the best, the one closest to 1, so noise does not move
+    it. The weight is
     left as it was: apply the chosen ``scale`` with :func:`rescale_recency` (to this learner or
     to another trained the same way). A learner without a recency weight gets ``scale`` 1.
     """
@@ -531,7 +577,8 @@ def calibrate_recency(
         finite = {s: v for s, v in scores.items() if math.isfinite(v)}
         if finite:  # the smallest change within ``tolerance`` of the best
             top = max(finite.values())
-            best = min(s for s, v in finite.items() if v >= top - tolerance * abs(top))
+            near = [s for s, v in finite.items() if v >= top - tolerance * abs(top)]
+            best = min(near, key=lambda s: (abs(s - 1.0), s))
     finally:
         with torch.no_grad():
             module.recency_weight.copy_(base)

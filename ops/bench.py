@@ -75,16 +75,24 @@ def bench_encode_items(settings: Settings, items_path: str | None, n: int) -> di
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    table = ""  # a human-readable table, for the benchmarks that render one
     if args.what == "encode":
         n = 500 if args.quick else 3000
         result = bench_encode_items(settings, getattr(args, "items", None), n)
+    elif args.what == "kafka" and getattr(args, "compare_storage", False):
+        from ops.bench_kafka import bench_kafka_storage
+
+        result = bench_kafka_storage(settings, n_events=1000 if args.quick else args.events,
+                                     paced_events=500 if args.quick else 2000)
     elif args.what == "kafka":
-        from ops.bench_kafka import bench_kafka
+        from ops.bench_kafka import COLUMNS, bench_kafka, render
 
         result = bench_kafka(
-            settings, n_events=2000 if args.quick else args.events, rate=args.rate,
-            paced_events=1000 if args.quick else max(2000, int(args.rate * 5)),
+            settings, n_events=2000 if args.quick else args.events,
+            paced_s=1.0 if args.quick else args.paced_s,
+            columns=args.columns.split(",") if args.columns else COLUMNS,
         )
+        table = render(result)
     elif args.what == "retrain":
         from ops.bench_retrain import bench_retrain
 
@@ -93,7 +101,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     elif args.what == "adapt":
         from ops.bench_adapt import bench_adapt
 
-        result = bench_adapt(seconds=3.0 if args.quick else 12.0)
+        result = bench_adapt(settings.learner, seconds=3.0 if args.quick else 12.0,
+                             neighbours=settings.itemitem_neighbours)
     else:
         result = bench_pipeline(settings, 2000 if args.quick else args.events)
     line = json.dumps(result, default=float)
@@ -103,6 +112,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(line)
     else:
+        if table:
+            print(table)
         for key, value in result.items():
             if not isinstance(value, dict | list):
                 print(f"{key:>24}: {value}")

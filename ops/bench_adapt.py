@@ -37,6 +37,21 @@ def _support(b: int, s: int, n_items: int, gen: torch.Generator) -> SupportBatch
     return SupportBatch(items, targets, ratings, torch.ones(b, s, dtype=torch.bool))
 
 
+def _with_random_tables(learner: Learner, gen: torch.Generator) -> Learner:
+    """A hybrid's item-item table filled at random and switched on in every bucket (cost does
+    not depend on the values; an all-zero table would skip nothing either, but this is honest
+    about what serving a trained hybrid does)."""
+    from models.hybrid import HybridLearner
+
+    if isinstance(learner, HybridLearner) and learner.ii_idx.shape[1]:
+        with torch.no_grad():
+            learner.ii_idx.copy_(torch.randint(0, learner.ii_idx.shape[0], learner.ii_idx.shape,
+                                               generator=gen))
+            learner.ii_val.copy_(torch.rand(learner.ii_val.shape, generator=gen))
+            learner.gates.fill_(1.0)
+    return learner
+
+
 def _time_calls(
     fn: Any, seconds: float, min_calls: int = 50, max_calls: int = 100_000
 ) -> list[int]:
@@ -97,7 +112,7 @@ def _naive_adapt_score(
 
 
 def bench_adapt(
-    learner_name: str = "fomaml",
+    learner_name: str = "hybrid",
     n_items: int = 9742,
     support_sizes: tuple[int, ...] = (1, 5, 10, 20),
     inner_steps: tuple[int, ...] = (1, 2, 3),
@@ -107,6 +122,7 @@ def bench_adapt(
     feature_dim: int = 64,
     seed: int = 0,
     naive: bool = True,
+    neighbours: int = 128,
 ) -> dict[str, Any]:
     """Benchmark per-event latency and batched throughput of a learner's serve path.
 
@@ -124,6 +140,9 @@ def bench_adapt(
         Approximate total time budget, split evenly across configurations and modes.
     naive : bool
         Also measure the naive autograd/MLP baseline (S = 10, 2 steps).
+    neighbours : int
+        ``hybrid``: width of its item-item table; the table is random and every bucket's
+        item-item weight is on, so the whole serving path is measured.
 
     Returns
     -------
@@ -141,9 +160,10 @@ def bench_adapt(
     configs, pooled = [], []
     for steps in inner_steps:
         cfg = LearnerConfig(
-            n_items=n_items, feature_dim=feature_dim, dim=dim, inner_steps=steps, seed=seed
+            n_items=n_items, feature_dim=feature_dim, dim=dim, inner_steps=steps, seed=seed,
+            extra={"ii_neighbours": neighbours},
         )
-        learner = create(learner_name, cfg).eval()
+        learner = _with_random_tables(create(learner_name, cfg).eval(), gen)
         prepared = learner.prepare(bank)
         for s in support_sizes:
             sup1 = _support(1, s, n_items, gen)

@@ -134,7 +134,7 @@ class FuzzHarness:
 
     def process(self, batch: Sequence[Case], result: FuzzResult) -> None:
         """One micro-batch, exactly as the worker's agents treat it."""
-        snaps = []
+        events = []
         sources: list[Case] = []
         for case in batch:
             category, topic, raw = case
@@ -143,8 +143,7 @@ class FuzzHarness:
             try:
                 try:
                     if topic == "interactions":
-                        event = decode_interaction(raw, self.scale)
-                        snaps.append(self.recommender.apply(event, self.supports))
+                        events.append(decode_interaction(raw, self.scale))
                         sources.append(case)
                         result.good += 1
                     elif topic == "items":
@@ -162,9 +161,12 @@ class FuzzHarness:
                     result.reasons[_reason_class(exc)] += 1
             except Exception as exc:  # noqa: BLE001 - the fuzzer's job is to record these
                 result.crashes.append(_crash(case, exc))
-        if not snaps:
+        if not events:
             return
         try:
+            # As the worker: the batch's good events applied together (one table read and write
+            # per user), then ranked together.
+            snaps = self.recommender.apply_batch(events, self.supports)
             recs = self.recommender.rank(snaps, self._profile_of)
             for rec in recs:
                 decode_recommendation(encode(rec))  # output is valid wire format

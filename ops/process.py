@@ -18,11 +18,18 @@ _CATALOG_LINE = re.compile(rb"catalog: (\d+) items received")
 
 
 class WorkerProcess:
-    """A real worker process configured through ``KINDLING_*`` env vars, logging to a file."""
+    """A real worker process configured through ``KINDLING_*`` env vars, logging to a file.
 
-    def __init__(self, settings: Settings, log_path: str | Path) -> None:
+    ``module`` and ``ready`` run another consumer the same way (``ops.bare_echo``): the child's
+    ``python -m`` arguments and the log line that says it is ready."""
+
+    def __init__(self, settings: Settings, log_path: str | Path,
+                 module: tuple[str, ...] = ("workers.cli", "worker"),
+                 ready: bytes = b"[^Worker]: Ready") -> None:
         self.settings = settings
         self.log_path = Path(log_path)
+        self.module = module
+        self.ready = ready
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -33,7 +40,7 @@ class WorkerProcess:
         start_size = self.log_path.stat().st_size if self.log_path.exists() else 0
         out = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker"], env=self.env(), stdout=out,
+            [sys.executable, "-m", *self.module], env=self.env(), stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -42,7 +49,7 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
             with self.log_path.open("rb") as f:
                 f.seek(start_size)
-                if b"[^Worker]: Ready" in f.read():
+                if self.ready in f.read():
                     return self
             time.sleep(0.2)
         self.stop()

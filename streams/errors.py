@@ -11,3 +11,7 @@ class BrokerError(StreamsError):
 
 class SourceError(StreamsError):
     """A log file cannot be read as any supported format."""
+
+
+class DeliveryError(StreamsError):
+    """The broker did not acknowledge records a producer sent (after all its retries)."""

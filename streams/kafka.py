@@ -10,24 +10,36 @@ from typing import Any
 
 from engine.settings import Settings
 from schemas import Interaction, Item, User, encode
+from streams.errors import DeliveryError
 from streams.topics import TopicNames, client_config
 
 log = logging.getLogger(__name__)
 
 
 class EventProducer:
-    """Produces Kindling records keyed for co-partitioning (interactions/users by user id)."""
+    """Produces Kindling records keyed for co-partitioning (interactions/users by user id).
+
+    :meth:`flush` raises :class:`~streams.errors.DeliveryError` if a record sent since the last
+    flush was not acknowledged (kafka-python only reports that on the record's future, so a
+    producer that only flushed dropped it silently). Idempotent unless
+    ``settings.producer_idempotence`` is off; then one request in flight per connection keeps
+    a retried batch in order (a retry may store a record twice: consumers de-duplicate)."""
 
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         from kafka import KafkaProducer
 
         self.topics = TopicNames.from_settings(settings)
-        conf = {"linger_ms": 5, "acks": "all", "retries": 5, **overrides}
+        conf: dict[str, Any] = {"linger_ms": 5, "acks": "all", "retries": 5}
+        if not settings.producer_idempotence:
+            conf.update(enable_idempotence=False, max_in_flight_requests_per_connection=1)
+        conf.update(overrides)
         self._producer = KafkaProducer(**client_config(settings), **conf)
         self.sent = 0
+        self._failed: list[BaseException] = []
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._producer.send(topic, key=key, value=value)
+        future = self._producer.send(topic, key=key, value=value)
+        future.add_errback(self._failed.append)
         self.sent += 1
 
     def interaction(self, event: Interaction) -> None:
@@ -48,10 +60,19 @@ class EventProducer:
 
     def flush(self) -> None:
         self._producer.flush()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        failed, self._failed = self._failed, []
+        if failed:
+            raise DeliveryError(f"{len(failed)} records were not delivered: {failed[0]!r}")
 
     def close(self) -> None:
-        self._producer.flush()
-        self._producer.close()
+        try:
+            self._producer.flush()
+        finally:
+            self._producer.close()
+        self._raise_failures()
 
     def __enter__(self) -> EventProducer:
         return self
@@ -80,6 +101,8 @@ def consume(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(idle_timeout_s * 1000),
+        # a broker that answers fetches slowly (the embedded one on S3) needs the worker's wait
+        fetch_max_wait_ms=max(500, settings.fetch_max_wait_ms),
     )
     start = time.monotonic()
     n = 0

@@ -52,7 +52,7 @@ from schemas import (
 from schemas.wire import RatingScale
 from streams.topics import TopicNames, client_config
 from workers import recovery_compat
-from workers.faust_compat import set_fetch_max_wait
+from workers.faust_compat import drain_before_commit, set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.web import HealthState, WebServer, consumer_lag, event_age
 
@@ -66,6 +66,27 @@ RAW_TYPES = {"key_type": bytes, "value_type": bytes}
 # partition before their first flush. Small memtables flush early; the cap is what is reached.
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
                    "block_cache_size": 32 * 2**20}
+
+
+class TableAccess:
+    """What the serving path needs of a Faust table, without a read costing two RocksDB look-ups.
+
+    ``Table.get`` goes through ``__getitem__``, which first asks the store whether the key exists
+    and then reads it: two RocksDB reads per hit. ``get`` here reads the table's store once (the
+    same partition rules: the current event's partition, else every local one). Writes are the
+    table's own, so every write still goes to the changelog."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+
+    def get(self, key: str | bytes, default: bytes | None = None) -> bytes | None:
+        value = self.table.data.get(key)
+        return default if value is None else value
+
+    def __setitem__(self, key: str | bytes, value: bytes) -> None:
+        self.table[key] = value
 
 
 def _table_kwargs() -> dict[str, Any]:
@@ -105,7 +126,9 @@ class Kindling:
             raise ValueError(f"pipeline must be 'full' or 'echo', got {settings.pipeline!r}")
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
-        recovery_compat.install(client_config(settings))  # changelogs to their real end
+        drain_before_commit()  # changelogs in Kafka before offsets are committed
+        # changelogs to their real end
+        recovery_compat.install(client_config(settings), settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
@@ -176,6 +199,8 @@ class Kindling:
                                   help="per-user support sets (engine.support codec)")
         self.profiles = app.Table("users", partitions=s.partitions, **_table_kwargs(),
                                   help="per-user attribute JSON")
+        self.support_access = TableAccess(self.supports)
+        self.profile_access = TableAccess(self.profiles)
         # Bandit state (engine/exploration.py): item stats keyed "<partition>/<item>", see there.
         self.bandit_items = app.Table("bandit_items", partitions=s.partitions, **_table_kwargs(),
                                       help="per-partition item reward stats (count, sum, sq)")
@@ -235,26 +260,29 @@ class Kindling:
                 # Partitions may have moved: their bandit tables are the truth, not the cache.
                 self.recommender.explorer.clear_cache()
                 rebalances = self.app.rebalancing_count
-            snaps, good, pending = [], [], []
-            # Table reads go to the *current event's* partition: look attributes up per event,
-            # not later for the whole batch (that read only the last event's partition).
-            profiles: dict[str, dict[str, Any] | None] = {}
+            good, interactions, offsets, pending = [], [], [], []
             for event in batch:
-                _set_current_event(stream, event)
                 try:
                     interaction = decode_interaction(event.value, self.scale)
                     checked_reward(interaction, self.scale)  # bandit stats never see bad rewards
                 except SchemaError as exc:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
-                offset = event.message.offset if s.offset_dedup else None
-                snap = self.recommender.apply(interaction, self.supports, offset=offset)
+                good.append(event)
+                interactions.append(interaction)
+                offsets.append(event.message.offset if s.offset_dedup else None)
+            # One support-table read and at most one write per user per batch; table access goes
+            # to the partition of the user's own event (bind), never the batch's last one.
+            snaps = self.recommender.apply_batch(interactions, self.support_access, offsets,
+                                                 bind=_binder(stream, good))
+            profiles: dict[str, dict[str, Any] | None] = {}
+            for event, snap, offset in zip(good, snaps, offsets, strict=True):
                 if offset is not None and snap.watermark - offset > OFFSET_RESET_GAP:
                     self._warn_offset_reset(event, snap.watermark)
-                if interaction.user_id not in profiles:  # once per user per batch
-                    profiles[interaction.user_id] = self._profile_of(interaction.user_id)
-                snaps.append(snap)
-                good.append(event)
+                user_id = snap.event.user_id
+                if user_id not in profiles:  # once per user per batch, from its partition
+                    _set_current_event(stream, event)
+                    profiles[user_id] = self._profile_of(user_id)
                 self.metrics.support_size.observe(len(snap.support))
                 if snap.duplicate:
                     self.metrics.duplicates.inc()
@@ -279,9 +307,8 @@ class Kindling:
                     _set_current_event(stream, event)  # the user's partition, for the changelog
                     explored = [i.item_id for i in rec.items if i.why == "explore"]
                     explorer.shown(rec.user_id, explored)
-                pending.append(
-                    await self.recommendations.send(key=rec.user_id.encode(), value=encode(rec))
-                )
+                pending.append(await self._publish(self.topics.recommendations,
+                                                   rec.user_id.encode(), encode(rec)))
             if pending:
                 await asyncio.gather(*pending)
             self.metrics.events.inc(len(batch))
@@ -304,9 +331,8 @@ class Kindling:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
                 rec = Recommendation(interaction.user_id, (), "echo", interaction.event_id)
-                _current_event.set(None)  # sent now, as serving sends (not attached to an ack)
-                pending.append(await self.recommendations.send(
-                    key=rec.user_id.encode(), value=encode(rec)))
+                pending.append(await self._publish(self.topics.recommendations,
+                                                   rec.user_id.encode(), encode(rec)))
             if pending:
                 await asyncio.gather(*pending)
             self.metrics.events.inc(len(batch))
@@ -398,10 +424,8 @@ class Kindling:
                 recs = []
             for snap, rec in zip(snaps, recs, strict=False):
                 answer = dataclasses.replace(rec, domain=snap.event.domain)
-                pending.append(
-                    await self.recommendations.send(key=rec.user_id.encode(),
-                                                    value=encode(answer))
-                )
+                pending.append(await self._publish(self.topics.recommendations,
+                                                   rec.user_id.encode(), encode(answer)))
             if pending:
                 await asyncio.gather(*pending)
 
@@ -420,7 +444,7 @@ class Kindling:
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
 
     def _profile_of(self, user_id: str) -> dict[str, Any] | None:
-        raw = self.profiles.get(user_id.encode())
+        raw = self.profile_access.get(user_id.encode())
         return json.loads(raw) if raw else None
 
     async def _dead_letter(self, event: EventT, reason: str) -> Any:
@@ -434,7 +458,15 @@ class Kindling:
                     reason, msg.topic, msg.partition, msg.offset, user,
                     extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                            "user": user, "reason": reason})
-        return await self.dlq.send(key=event.key, value=encode(letter))
+        return await self._publish(self.topics.dlq, event.key, encode(letter))
+
+    async def _publish(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        """Send now through the app's producer; returns the delivery future, which the agents
+        await before their batch is acked. Faust's ``Topic.send`` does the same with a promise
+        object, codecs and sensor callbacks around it per message (~10% of a serving worker's
+        CPU in a profile); these topics are raw bytes, and the partition is the key's (the
+        producer's default partitioner, as with ``Topic.send``)."""
+        return await self.app.producer.send(topic, key, value, None, None, None)
 
     # ------------------------------------------------------------------ observability
     def health(self) -> HealthState:
@@ -555,6 +587,12 @@ class Kindling:
 
 def _partitions(events: list[EventT]) -> str:
     return ",".join(str(p) for p in sorted({e.message.partition for e in events}))
+
+
+def _binder(stream: faust.StreamT, events: list[EventT]) -> Any:
+    """``bind(i)`` for :meth:`Recommender.apply_batch`: table access for ``events[i]``'s user goes
+    to that event's partition."""
+    return lambda i: _set_current_event(stream, events[i])
 
 
 def _set_current_event(stream: faust.StreamT, event: EventT) -> None:

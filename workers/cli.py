@@ -32,11 +32,15 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"env KINDLING_{f.name.upper()} (default {f.default!r})")
 
 
+# Every bool setting (a flag's value arrives as a string: "--offset-dedup false").
+_BOOL_SETTINGS = {f.name for f in dataclasses.fields(Settings)
+                  if f.type is bool or f.type == "bool"}
+
+
 def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
     overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
     for name, value in list(overrides.items()):
-        if isinstance(value, str) and name in {"web_enabled", "recovery_consistency_check",
-                                                  "offset_dedup"}:
+        if isinstance(value, str) and name in _BOOL_SETTINGS:
             overrides[name] = value.lower() in {"1", "true", "yes", "on"}
     overrides.update(fixed)
     return Settings.from_env(**overrides)
@@ -49,23 +53,45 @@ def _logging(level: str) -> None:
     )
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def use_event_loop(name: str) -> None:
+    """Make ``name`` (``uvloop`` | ``asyncio``) the event loop of every loop created from now on,
+    through mode's loop registry (what ``faust -L uvloop`` does): the worker's main loop and the
+    loop of Faust's consumer thread alike."""
+    import mode.loop
+
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
+    mode.loop.use("aio" if name == "asyncio" else name)
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
-    print(f"broker ready: {broker.url}  (tansu, memory storage; Ctrl-C stops it)", flush=True)
-    stop = False
+    settings = settings_from(args)
+    _logging(settings.log_level)
+    broker = EmbeddedBroker.from_settings(settings, port=args.port)
 
     def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
+        raise KeyboardInterrupt  # also while starting: the finally below cleans up
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        while not stop and broker.running():
+        broker.start()
+        if broker.persistent:
+            where = broker.local_s3.endpoint if broker.local_s3 else settings.s3_endpoint
+            storage = f"{broker.engine} storage at {where or 'AWS'}"
+        else:
+            storage = "memory storage"
+        print(f"broker ready: {broker.url}  (tansu, {storage}; Ctrl-C stops it)", flush=True)
+        while broker.running():
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
     finally:
         broker.stop()
     print("broker stopped", flush=True)
@@ -80,6 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.logs import configure, logging_config
 
     settings = settings_from(args)
+    use_event_loop(settings.event_loop)  # before anything creates a loop (Faust's threads too)
     configure(settings.log_format, settings.log_level)
     log.info("settings: %s", json.dumps(settings.public()))
     ensure_topics(settings)
@@ -244,8 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu, memory)")
+    p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu; "
+                       "memory or S3 storage)")
     p.add_argument("--port", type=int, default=None, help="default: a free loopback port")
+    p.add_argument("--storage", dest="s_broker_storage", default=None,
+                   help="memory | s3://BUCKET/ (same as --broker-storage); S3 credentials only "
+                   "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment")
+    _add_settings_flags(p)
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run the Faust worker")
@@ -292,9 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("replay", help="offline evaluation through the serving code path")
-    p.add_argument("log")
+    p.add_argument("log", nargs="+",
+                   help="interaction log(s) or 'synthetic'; several logs (or --seeds with more "
+                   "than one seed) run the quality matrix with intervals over users")
     p.add_argument("--protocol", default="few-shot",
-                   choices=["prequential", "few-shot", "new-items"])
+                   choices=["prequential", "few-shot", "new-items", "query-rank"])
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated model seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="quality matrix: replays run in this many processes at once")
     p.add_argument("--models", default=None, help="comma-separated; default: all")
     p.add_argument("--out", default="reports/replay")
     p.add_argument("--steps", type=int, default=None)
@@ -351,12 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--rate", type=float, default=2000.0,
-                   help="kafka, retrain: paced produce rate (events/s) for the latency figures")
+                   help="retrain: paced produce rate (events/s) for the latency figures")
+    p.add_argument("--paced-s", type=float, default=5.0,
+                   help="kafka: seconds of each paced latency run (at 25%% and 50%% of the "
+                   "capacity each column measured in the same run)")
+    p.add_argument("--columns", default=None,
+                   help="kafka: comma-separated subset of bare,echo,serving,pipeline (default all)")
     p.add_argument("--baseline-s", type=float, default=20.0,
                    help="retrain: seconds of latency measured before the retrain round starts")
     p.add_argument("--after-s", type=float, default=5.0,
                    help="retrain: seconds measured after the retrain child exited (hot swap)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compare-storage", action="store_true",
+                   help="kafka: the serving worker through the embedded broker on memory and on "
+                   "S3 storage side by side (a loopback S3 endpoint unless --s3-endpoint)")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_bench)
 
@@ -371,9 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.set_defaults(func=cmd_fuzz)
 
-    p = sub.add_parser("chaos", help="embedded broker + worker, SIGKILLed K times; check state")
+    p = sub.add_parser("chaos", help="embedded broker + worker; SIGKILL the worker or the "
+                       "broker K times; audit state, outputs and offsets from the broker")
     p.add_argument("--events", type=int, default=3000)
     p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--kill", choices=["worker", "broker"], default="worker",
+                   help="what to SIGKILL: the worker (restarted each time) or the embedded "
+                   "broker (restarted on its S3 storage; default a loopback S3 endpoint)")
     p.add_argument("--users", type=int, default=150)
     p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
     p.add_argument("--json", action="store_true", help="print one JSON line")

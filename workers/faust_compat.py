@@ -1,4 +1,4 @@
-"""Faust knobs that its settings do not expose.
+"""Faust knobs that its settings do not expose, and a fix to its commit path.
 
 faust-streaming 0.15.3 builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` hard-coded.
 A broker may hold a fetch for that long whenever one of the requested partitions is empty; with
@@ -9,9 +9,15 @@ makes it a setting (``KINDLING_FETCH_MAX_WAIT_MS``).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("kindling.worker")
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 _fetch_max_wait_ms = 1500
@@ -28,3 +34,59 @@ def set_fetch_max_wait(ms: int) -> None:
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = int(ms)
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+# ----------------------------------------------------------------------------- producer flush
+#
+# Before it commits offsets, Faust awaits ``app.producer.flush()``: the table changelog records
+# of the processed events must be in Kafka before their input offsets are committed. But
+# faust-streaming 0.15.3's ``ProducerBuffer.flush`` (where ``Table.__setitem__`` queues each
+# changelog record) returns as soon as 0.1 s passes without one message leaving the buffer, and
+# it does not count the message its drain task holds while aiokafka's ``send`` waits (for
+# metadata, for room in the accumulator, for a broker that is restarting). Under CPU load one
+# slow step of the event loop is enough; so is a broker restart. The offsets are then committed
+# while changelog records still sit in the process, and a crash at that moment loses them: the
+# restarted worker restores the older record and never sees the committed events again (seen
+# as `effects_lost` in `kindling chaos` on a loaded machine). :func:`drain_before_commit` makes
+# the flush wait until the buffer is empty and nothing is in hand.
+
+_buffer_cls = faust_producer.ProducerBuffer
+_original_send_pending = _buffer_cls._send_pending
+_FLUSH_WARN_S = 10.0
+
+
+async def _send_pending(self: Any, fut: Any) -> None:
+    self._kindling_in_hand = getattr(self, "_kindling_in_hand", 0) + 1
+    try:
+        await _original_send_pending(self, fut)
+    finally:
+        self._kindling_in_hand -= 1
+
+
+def _undrained(buffer: Any) -> int:
+    return int(buffer.size) + getattr(buffer, "_kindling_in_hand", 0)
+
+
+async def _flush(self: Any) -> None:
+    """Return only when every queued message has been handed to the Kafka client."""
+    started = last_warned = time.monotonic()
+    while _undrained(self):
+        if self.state != "running" and self.size:
+            raise RuntimeError("Cannot flush: Producer not Running")
+        self.message_sent.clear()
+        try:
+            await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+        except TimeoutError:
+            now = time.monotonic()
+            if now - last_warned >= _FLUSH_WARN_S:
+                last_warned = now
+                log.warning("producer flush: %d messages still waiting after %.0f s (is the "
+                            "broker reachable?); offsets are not committed meanwhile",
+                            _undrained(self), now - started)
+
+
+def drain_before_commit() -> None:
+    """Make every ``ProducerBuffer.flush`` in this process wait for the whole buffer (idempotent;
+    the drain task picks up the counting ``_send_pending`` when the producer starts)."""
+    _buffer_cls._send_pending = _send_pending
+    _buffer_cls.flush = _flush

@@ -28,25 +28,34 @@ log = logging.getLogger("kindling.recovery")
 
 _original = faust_recovery.Recovery._build_highwaters
 _client: dict[str, Any] = {}
+_fetch_max_wait_ms = 500
 
 
 def true_end_offsets(client: Mapping[str, Any], reported: Mapping[tuple[str, int], int],
-                     quiet_s: float = 0.3, deadline_s: float = 10.0) -> dict[tuple[str, int], int]:
+                     quiet_s: float = 0.3, deadline_s: float = 10.0,
+                     fetch_max_wait_ms: int = 500) -> dict[tuple[str, int], int]:
     """``(topic, partition) -> end offset``: ``reported`` moved past any record found at or
-    beyond it (kafka-python, no consumer group)."""
+    beyond it (kafka-python, no consumer group). The search ends ``quiet_s`` after the last
+    record found, and not before every partition has had a fetch answered: on a broker whose
+    fetches are slow (Tansu on S3 lists a partition's objects per fetch), a quiet period alone
+    ended before the first answer and recovered nothing past the reported end."""
     from kafka import KafkaConsumer, TopicPartition
 
     ends = dict(reported)
     if not reported:
         return ends
-    consumer = KafkaConsumer(**client, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**client, group_id=None, enable_auto_commit=False,
+                             fetch_max_wait_ms=fetch_max_wait_ms)
     try:
         tps = [TopicPartition(t, p) for t, p in reported]
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, max(0, reported[(tp.topic, tp.partition)]))
         started = last = time.monotonic()
-        while time.monotonic() - last < quiet_s and time.monotonic() - started < deadline_s:
+        while time.monotonic() - started < deadline_s:
+            answered = all(consumer.highwater(tp) is not None for tp in tps)
+            if answered and time.monotonic() - last >= quiet_s:
+                break
             batch = consumer.poll(timeout_ms=100)
             for tp, records in batch.items():
                 if records:
@@ -67,7 +76,9 @@ async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any
     reported = {(tp.topic, tp.partition): destination[tp] + 1 for tp in tps}
     try:
         ends = await asyncio.get_running_loop().run_in_executor(
-            None, true_end_offsets, dict(_client), reported)
+            None, lambda: true_end_offsets(dict(_client), reported,
+                                           deadline_s=max(10.0, 10 * _fetch_max_wait_ms / 1000),
+                                           fetch_max_wait_ms=_fetch_max_wait_ms))
     except Exception:  # noqa: BLE001 - keep Faust's figures rather than fail recovery
         log.exception("could not check the %s changelog end offsets", title)
         return
@@ -81,9 +92,12 @@ async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any
             destination[tp] = end - 1
 
 
-def install(client: Mapping[str, Any]) -> None:
+def install(client: Mapping[str, Any], fetch_max_wait_ms: int = 500) -> None:
     """Make every Faust table recovery in this process read changelogs to their real end;
-    ``client`` is the kafka-python connection config (``streams.topics.client_config``)."""
+    ``client`` is the kafka-python connection config (``streams.topics.client_config``),
+    ``fetch_max_wait_ms`` the worker's (``Settings.fetch_max_wait_ms``; at least 500)."""
+    global _fetch_max_wait_ms
+    _fetch_max_wait_ms = max(500, int(fetch_max_wait_ms))
     _client.clear()
     _client.update(client)
     faust_recovery.Recovery._build_highwaters = _build_highwaters

@@ -20,7 +20,7 @@ def data():
     return generate(n_users=80, n_items=150, events_per_user=(8, 16), seed=9)
 
 
-@pytest.mark.parametrize("learner", ["fomaml", "maml", "proto", "matching", "sequence"])
+@pytest.mark.parametrize("learner", ["fomaml", "maml", "proto", "matching", "sequence", "hybrid"])
 def test_catalog_row_order_does_not_change_recommendations(data, learner):
     settings = Settings()
     cut = len(data.events) * 2 // 3

@@ -84,7 +84,56 @@ def test_random_is_seeded_and_registry_complete() -> None:
         "river-biasedmf",
         "river-funkmf",
         "itemknn",
+        "ease",
+        "sasrec",
     }
     assert all(isinstance(baselines.create(n), baselines.Ranker) for n in baselines.REGISTRY)
     with pytest.raises(KeyError):
         baselines.create("nope")
+
+
+def test_itemknn_alpha_trades_similarity_for_popularity() -> None:
+    # "a" co-occurs once with the rare "r" and with the popular "p" in 3 of p's 10 users
+    pairs = [("u0", "a"), ("u0", "r")] + [(f"v{u}", "p") for u in range(10)]
+    pairs += [(f"v{u}", "a") for u in range(3)]
+    cosine = baselines.create("itemknn", alpha=0.5)
+    cosine.fit(log_of(pairs))
+    conditional = baselines.create("itemknn", alpha=0.95)
+    conditional.fit(log_of(pairs))
+    for model in (cosine, conditional):
+        model.observe(ev(999, "new", "a"))
+    assert cosine.recommend("new", 1, exclude={"a"}) == ["r"]
+    assert conditional.recommend("new", 1, exclude={"a"}) == ["p"]
+
+
+def test_ease_scores_the_users_items_weights_and_never_refits_online() -> None:
+    pairs = []
+    for u in range(8):
+        pairs += [(f"g{u}", "a"), (f"g{u}", "b"), (f"h{u}", "c"), (f"h{u}", "d")]
+    pairs += [(f"p{u}", "e") for u in range(12)]
+    model = baselines.create("ease", lam=1.0)
+    model.fit(log_of(pairs))
+    fork = model.fork()
+    fork.observe(ev(999, "new", "c"))
+    assert fork.recommend("new", 1, exclude={"c"}) == ["d"]
+    weights = model.weights.copy()
+    assert model.recommend("new", 1) == ["e"]  # no history: popularity
+    assert (model.weights == weights).all()
+    assert baselines.REGISTRY["ease"].TUNING == {"lam": baselines.EASERanker.TUNING["lam"]}
+
+
+def test_sasrec_ranks_the_successor_and_falls_back_to_popularity() -> None:
+    cycle = ["a", "b", "c", "d", "e"]
+    events, n = [], 0
+    for u in range(60):  # every user walks the cycle from some item, for 3-8 steps
+        for step in range(3 + u % 6):
+            events.append(ev(n, f"u{u}", cycle[(u + step) % 5]))
+            n += 1
+    model = baselines.create("sasrec", seed=0, epochs=30, dim=16, max_len=6)
+    model.fit(events)
+    fork = model.fork()
+    fork.observe(ev(n, "new", "a"))
+    fork.observe(ev(n + 1, "new", "b"))
+    assert fork.recommend("new", 1, exclude={"a", "b"}) == ["c"]
+    counts = {i: sum(e.item_id == i for e in events) for i in cycle}
+    assert model.recommend("other", 1) == [max(cycle, key=lambda i: counts[i])]

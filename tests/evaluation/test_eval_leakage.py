@@ -18,7 +18,7 @@ import pytest
 from evaluation.replay import ReplayLog, as_replay_log, replay, split_new_users
 from evaluation.synthetic import generate
 
-MODELS = ["popularity", "itemknn", "river-funkmf", "fomaml"]
+MODELS = ["popularity", "itemknn", "ease", "river-funkmf", "fomaml", "hybrid"]
 CUT = 3  # events kept intact per new user; the rest is poisoned
 
 
@@ -58,9 +58,15 @@ def dump(value: Any) -> bytes:
 
 
 def test_training_inputs_identical(runs: Any) -> None:
-    (_, clean), (_, dirty) = runs
+    (clean_report, clean), (dirty_report, dirty) = runs
     for model in MODELS:
         assert clean[model]["train_digest"] == dirty[model]["train_digest"]
+    # baselines are tuned on training users only: the same choices with the queries poisoned
+    def choices(report: dict) -> dict:
+        return {m: (t["params"], t["scores"]) for m, t in report["meta"]["tuning"].items()}
+
+    assert choices(clean_report) == choices(dirty_report)
+    assert clean_report["meta"]["tuning"]["itemknn"]["params"]
 
 
 def test_supports_and_earlier_recommendations_identical(runs: Any) -> None:

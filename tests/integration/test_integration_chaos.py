@@ -3,6 +3,7 @@ applies nothing twice (audited from the broker: changelog, outputs, committed of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ def test_three_kills_lose_and_duplicate_nothing(broker, tmp_path: Path) -> None:
     settings = chaos_settings(broker.url, tmp_path)
     report = run_chaos(settings, 3_000, 3, n_users=150, seed=1, log_path=tmp_path / "w.log",
                        settle_s=15, deadline_s=150)
-    summary = report.to_dict()
+    summary = json.dumps(report.to_dict())  # a string: pytest prints it whole
     assert report.events == 3_000 and len(report.kills) == 3, summary
     # the kills hit a live stream: events were still being produced at every kill
     assert all(0 < k.produced_before < 3_000 for k in report.kills), summary
@@ -39,7 +40,13 @@ def test_report_is_not_ok_when_anything_is_off() -> None:
     assert base.ok
     for name in ("events_without_output", "effects_lost", "effects_applied_twice",
                  "support_mismatches", "committed_past_unprocessed", "final_uncommitted",
-                 "worker_tracebacks", "misplaced_state_records"):
+                 "worker_tracebacks", "misplaced_state_records", "offsets_regressed",
+                 "inputs_missing"):
         setattr(base, name, 1)
         assert not base.ok, name
         setattr(base, name, 0)
+    # a worker that died and had to be restarted fails a broker-kill run, not a worker-kill run
+    base.worker_restarts = 1
+    assert base.ok
+    base.target = "broker"
+    assert not base.ok

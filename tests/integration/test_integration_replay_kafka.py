@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.settings import Settings
 from evaluation.replay import replay, time_cut
 from evaluation.runners import KindlingRunner
 from evaluation.synthetic import generate
@@ -23,7 +24,8 @@ def test_worker_and_in_process_replay_recommend_identically(broker, log, tmp_pat
     cut = time_cut(events, 0.25)
     warm = [e for e in events if e.ts < cut]
     stream = [e for e in events if e.ts >= cut][:700]
-    inner = KindlingRunner("fomaml", log.items, log.profiles, steps=120, seed=3)
+    # the default serving learner (the hybrid), as the worker serves it
+    inner = KindlingRunner(Settings().learner, log.items, log.profiles, steps=120, seed=3)
     inner.fit(warm)
     inner.with_top_k(10, 20)
     in_process = list(inner.stream(warm, stream, 10))

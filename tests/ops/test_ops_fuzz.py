@@ -45,12 +45,12 @@ def test_two_thousand_generated_cases_never_crash(harness: FuzzHarness) -> None:
 
 def test_harness_reports_a_crash(harness: FuzzHarness, monkeypatch) -> None:
     # The property is only worth something if a non-SchemaError is caught and counted.
-    def broken(event, supports):
+    def broken(events, supports, offsets=None, bind=None):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(harness.recommender, "apply", broken)
-    result = harness.run(harness.good_events(3))
-    assert len(result.crashes) == 3 and "boom" in result.crashes[0]["error"]
+    monkeypatch.setattr(harness.recommender, "apply_batch", broken)
+    result = harness.run(harness.good_events(3))  # one batch: its apply_batch crashes once
+    assert len(result.crashes) == 1 and "boom" in result.crashes[0]["error"]
 
 
 def test_harness_rejects_a_reasonless_schema_error(harness: FuzzHarness, monkeypatch) -> None:

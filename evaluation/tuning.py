@@ -1,0 +1,76 @@
+"""Choose a baseline's main hyper-parameter on training users only.
+
+The few-shot protocol's new users are the test set, so nothing about them may pick a setting.
+:func:`tune` repeats the protocol *inside* the training data: the training users who arrived last
+become validation users (``evaluation.replay.split_latest_users``), the ranker is fitted on the
+others' events with
+each value of its ``TUNING`` grid (:data:`evaluation.baselines.REGISTRY`), and the value with the
+best mean NDCG@10 over the support sizes wins. The caller then fits on all training events with
+it. Kindling learners select their own settings the same way inside ``train_bundle``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from evaluation import baselines
+from schemas import Interaction
+
+#: Fewer validation users than this and tuning keeps the ranker's default.
+MIN_USERS = 10
+
+
+def grid(name: str) -> tuple[str, tuple[Any, ...]] | None:
+    """The ``(parameter, values)`` a baseline is tuned over, or ``None``."""
+    factory = baselines.REGISTRY.get(name)
+    tuning = getattr(factory, "TUNING", {}) or {}
+    if not tuning:
+        return None
+    ((param, values),) = tuning.items()
+    return param, tuple(values)
+
+
+def tune(
+    name: str,
+    train: Sequence[Interaction],
+    split: Callable[[Sequence[Interaction]], tuple[list[Interaction], Mapping[str, list]]],
+    score: Callable[[Mapping[str, Any], list[Interaction], Mapping[str, list]], float],
+) -> dict[str, Any]:
+    """Pick ``name``'s main hyper-parameter on ``train``.
+
+    Parameters
+    ----------
+    name : str
+        A baseline name.
+    train : sequence of Interaction
+        The protocol's training events (time order).
+    split : callable
+        ``split(train) -> (inner_train, validation_histories)``: the protocol's own split,
+        applied inside the training data.
+    score : callable
+        ``score(params, inner_train, validation) -> float`` (higher is better): fit the ranker
+        with ``params`` on ``inner_train`` and evaluate it on the validation users.
+
+    Returns
+    -------
+    dict
+        ``{"params": {param: value}, "scores": {value: score}, "users": n}``; ``params`` is empty
+        (the ranker's default) when there is no grid or too few validation users.
+    """
+    spec = grid(name)
+    if spec is None:
+        return {"params": {}, "scores": {}, "users": 0}
+    param, values = spec
+    inner, validation = split(train)
+    if len(validation) < MIN_USERS or not inner:
+        return {"params": {}, "scores": {}, "users": len(validation)}
+    scores = {value: score({param: value}, inner, validation) for value in values}
+    finite = {v: s for v, s in scores.items() if math.isfinite(s)}
+    if not finite:
+        return {"params": {}, "scores": {str(v): s for v, s in scores.items()},
+                "users": len(validation)}
+    best = max(finite, key=lambda v: finite[v])  # ties: the first value of the grid
+    return {"params": {param: best}, "scores": {str(v): s for v, s in scores.items()},
+            "users": len(validation)}
