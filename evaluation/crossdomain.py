@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 K = 10
 BASELINES = ("popularity", "itemknn")
 #: the references every model's ratio is reported against, when they were run
-REFERENCES = ("popularity", "cd-target", "itemknn", "fomaml")
+REFERENCES = ("popularity", "cd-target", "itemknn", "fomaml", "hybrid")
 DEFAULT_MODELS = (*BASELINES, *TRANSFER_LEARNERS, "fomaml")
 
 
@@ -536,8 +536,9 @@ def _ratio(value: tuple[float, float, float] | None) -> str:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown table: model × k with NDCG@10 ± s.e., its ratio to each reference that was run
-    (popularity, cd-target = target-only, itemknn, fomaml = the few-shot learner alone) with the
-    95% paired bootstrap interval, MAE and its ratio to popularity's, and the user count."""
+    (popularity, cd-target = target-only, itemknn, fomaml and hybrid = the few-shot learners
+    alone) with the 95% paired bootstrap interval, MAE and its ratio to popularity's, and the
+    user count."""
     rows = results["rows"]
     refs = [r for r in REFERENCES if any(row["model"] == r for row in rows)]
     head = ["model", "k", "NDCG@10 ± s.e.", *[f"× {r}" for r in refs], "MAE", "MAE × popularity",
