@@ -98,6 +98,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
         result = bench_retrain(settings, rate=args.rate, baseline_s=args.baseline_s,
                                after_s=args.after_s)
+    elif args.what == "online":
+        from ops.bench_online import bench_online
+
+        result = bench_online(settings, 2000 if args.quick else args.events)
     elif args.what == "adapt":
         from ops.bench_adapt import bench_adapt
 

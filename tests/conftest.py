@@ -36,3 +36,61 @@ def _wait_for(predicate, timeout: float, what: str):
 def wait_for():
     """``wait_for(predicate, timeout_s, what)`` for integration tests."""
     return _wait_for
+
+
+def _online_reference(rec, events, profile_of=None, supports=None):
+    """Online hit@K computed the plain way, one event at a time through ``Recommender.apply`` and
+    ``rank``: for each fresh event, is its item in the list published after the user's previous
+    event (for a first event: the prior the user would have been served, ranked as a request), and
+    in popularity's list for the same state (bundle popularity order, in the
+    list's domain when the catalog has several, ties by item id, minus support items and
+    Bloom-filtered ones)?
+    Returns ``{bucket: (events, model hits, popularity hits)}``."""
+    import numpy as np
+
+    from engine.online import BUCKETS
+    from engine.support import UserSupport
+
+    edges = [(0, 0), (1, 2), (3, 5), (6, 10), (11, 10**9)]
+
+    def bucket(size: int) -> str:
+        return next(name for name, (lo, hi) in zip(BUCKETS, edges, strict=True) if lo <= size <= hi)
+
+    def popularity_list(snap) -> list[str]:
+        catalog, bundle = rec.catalog, rec.bundle
+        pop = [float(bundle.popularity[bundle.vocab_index[i]]) if i in bundle.vocab_index
+               and bundle.popularity.size else 0.0 for i in catalog.ids]
+        rows = sorted(range(len(catalog)), key=lambda r: (-pop[r], catalog.ids[r]))
+        if len(set(catalog.domains)) > 1:
+            rows = [r for r in rows if catalog.domains[r] == snap.event.domain]
+        seen = set(snap.exclude)
+        bloom = snap.support.seen_mask(catalog.bloom)
+        if bloom is not None:
+            seen |= {int(r) for r in np.nonzero(bloom)[0]}
+        return [catalog.ids[r] for r in rows if r not in seen][: rec.settings.top_k]
+
+    supports = {} if supports is None else supports
+    last: dict[str, tuple[list[str], list[str]]] = {}
+    out = {b: [0, 0, 0] for b in BUCKETS}
+    for e in events:
+        size = len(UserSupport.from_bytes(supports.get(e.user_id)).events)
+        snap = rec.apply(e, supports)
+        if not snap.duplicate:
+            previous = last.get(e.user_id)
+            if previous is None and size == 0:
+                probe = rec.request(e.user_id, e.domain, {})
+                previous = (rec.rank([probe], profile_of)[0].item_ids(), popularity_list(probe))
+            if previous is not None:
+                row = out[bucket(size)]
+                row[0] += 1
+                row[1] += e.item_id in previous[0]
+                row[2] += e.item_id in previous[1]
+        published = rec.rank([snap], profile_of)[0]
+        last[e.user_id] = (published.item_ids(), popularity_list(snap))
+    return {b: tuple(v) for b, v in out.items()}
+
+
+@pytest.fixture
+def online_reference():
+    """``online_reference(recommender, events, profile_of=None)``: see ``_online_reference``."""
+    return _online_reference

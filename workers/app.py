@@ -35,6 +35,7 @@ from engine.bundle import ModelBundle, latest_version
 from engine.catalog import Catalog
 from engine.encoders import VectorCache, make_encoder, with_encoder_dim
 from engine.exploration import checked_reward
+from engine.online import OnlineHits
 from engine.recommender import Recommender
 from engine.retrain import write_snapshot
 from engine.settings import Settings
@@ -139,6 +140,7 @@ class Kindling:
             settings, load_bundle(settings), catalog=Catalog(self.vector_cache)
         )
         self.metrics.model_version(self.recommender.model_version)
+        self.online = OnlineHits(settings.top_k, settings.online_hits_users)
         self.last_event_at: float | None = None  # wall time of the last interaction batch
         self._retraining: asyncio.Future[None] | None = None
         self._offset_reset_warned: set[tuple[str, int]] = set()
@@ -311,6 +313,7 @@ class Kindling:
                                                    rec.user_id.encode(), encode(rec)))
             if pending:
                 await asyncio.gather(*pending)
+            self._online_hits(snaps, recs, profiles)
             self.metrics.events.inc(len(batch))
             self.metrics.recommendations.inc(len(recs))
             self.metrics.batch_size.observe(len(batch))
@@ -422,6 +425,8 @@ class Kindling:
                 for e in good:
                     pending.append(await self._dead_letter(e, reason))
                 recs = []
+            if recs:
+                self.online.remember(self.recommender, snaps, recs)
             for snap, rec in zip(snaps, recs, strict=False):
                 answer = dataclasses.replace(rec, domain=snap.event.domain)
                 pending.append(await self._publish(self.topics.recommendations,
@@ -430,6 +435,18 @@ class Kindling:
                 await asyncio.gather(*pending)
 
     # ------------------------------------------------------------------ helpers
+    def _online_hits(self, snaps: list[Any], recs: list[Recommendation],
+                     profiles: dict[str, dict[str, Any] | None]) -> None:
+        """Online hit@K for the batch just published (engine/online.py): a statistic, so a
+        failure here is logged and never stops serving."""
+        if not recs or not self.online.enabled:
+            return
+        _current_event.set(None)  # a prior's ranking may read tables of many users
+        try:
+            self.metrics.online(self.online.observe(self.recommender, snaps, recs, profiles.get))
+        except Exception:  # noqa: BLE001
+            log.exception("online hit@K bookkeeping failed for a batch of %d events", len(snaps))
+
     def _warn_offset_reset(self, event: EventT, watermark: int) -> None:
         """Once per partition: offsets far below a user's watermark mean the interactions topic
         was probably recreated; the watermark then drops its events as redeliveries."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import logging
@@ -12,38 +11,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from engine.settings import Settings
+from engine.settings import SettingsError
+from workers.flags import add_settings_flags, settings_from
 
 log = logging.getLogger("kindling")
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Every Settings field as ``--field-name`` (overrides ``KINDLING_FIELD_NAME``)."""
-    group = parser.add_argument_group("settings (flags override KINDLING_* env vars)")
-    for f in dataclasses.fields(Settings):
-        if f.name == "sasl_password":
-            continue  # secrets only via env
-        flag = "--" + f.name.replace("_", "-")
-        simple = {"int": int, "float": float, "bool": str}
-        kind = f.type if isinstance(f.type, type) else simple.get(str(f.type), str)
-        group.add_argument(flag, dest=f"s_{f.name}", type=kind, default=None,
-                           help=f"env KINDLING_{f.name.upper()} (default {f.default!r})")
-
-
-# Every bool setting (a flag's value arrives as a string: "--offset-dedup false").
-_BOOL_SETTINGS = {f.name for f in dataclasses.fields(Settings)
-                  if f.type is bool or f.type == "bool"}
-
-
-def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
-    overrides = {k[2:]: v for k, v in vars(args).items() if k.startswith("s_") and v is not None}
-    for name, value in list(overrides.items()):
-        if isinstance(value, str) and name in _BOOL_SETTINGS:
-            overrides[name] = value.lower() in {"1", "true", "yes", "on"}
-    overrides.update(fixed)
-    return Settings.from_env(**overrides)
 
 
 def _logging(level: str) -> None:
@@ -118,6 +90,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # events/s through the embedded broker 114 -> 58 ms).
         gc.collect()
         gc.freeze()
+        log.info("gc.freeze(): %d start-up objects out of the cyclic collector",
+                 gc.get_freeze_count())
     worker = faust.Worker(kindling.app, loglevel=settings.log_level.upper(), quiet=True,
                           logging_config=logging_config(settings.log_format, settings.log_level))
     worker.execute_from_commandline()
@@ -267,28 +241,38 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kindling", description=__doc__)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``kindling`` parser. ``command``: add the settings flags to that sub-command only
+    (about 60 flags per command: building them all for every invocation is wasted)."""
+    parser = argparse.ArgumentParser(
+        prog="kindling",
+        description="Kindling: a streaming cold-start recommender worker on Kafka. Settings come "
+        "from KINDLING_* environment variables and --flags: 'kindling worker --help' lists them "
+        "(the other commands: COMMAND --help-settings). Start with 'kindling demo'.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def settings_flags(p: argparse.ArgumentParser, listed: bool = False) -> None:
+        if command is None or p.prog.rsplit(" ", 1)[-1] == command:
+            add_settings_flags(p, listed)
 
     p = sub.add_parser("broker", help="start the embedded Kafka-protocol broker (Tansu; "
                        "memory or S3 storage)")
     p.add_argument("--port", type=int, default=None, help="default: a free loopback port")
-    p.add_argument("--storage", dest="s_broker_storage", default=None,
+    p.add_argument("--storage", dest="broker_storage", default=argparse.SUPPRESS,
                    help="memory | s3://BUCKET/ (same as --broker-storage); S3 credentials only "
                    "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run the Faust worker")
-    _add_settings_flags(p)
+    settings_flags(p, listed=True)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("produce", help="send a log (JSONL, CSV, MovieLens) as interactions")
     p.add_argument("file")
     p.add_argument("--items",
                    help="an items file or folder (e.g. MovieLens movies.csv) to send first")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("tail", help="print recommendations (or another topic) as they arrive")
@@ -297,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle", type=float, default=0.0,
                    help="stop after this many idle seconds (0: never)")
     p.add_argument("--max", type=int, default=None)
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("demo", help="embedded broker + worker + a synthetic stream, end to end")
@@ -313,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="train on the synthetic generator")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", default=None, help="checkpoint directory (default: next version)")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("retrain", help="train on a worker snapshot; promote only if not worse")
     p.add_argument("snapshot", help="a snapshot directory written by the worker's retrain timer")
     p.add_argument("--threads", type=int, default=1, help="torch threads (leave cores to serving)")
     p.add_argument("--nice", type=int, default=10, help="CPU niceness increment (0: none)")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("replay", help="offline evaluation through the serving code path")
@@ -344,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-processes", type=int, default=1,
                    help="with --via-kafka: this many worker processes in one consumer group; "
                    "the others join mid-stream (partitions move while events flow)")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("bandits", help="offline evaluation of exploration policies "
@@ -368,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infonce-steps", type=int, default=200)
     p.add_argument("--steps", type=int, default=300, help="meta-training steps")
     p.add_argument("--save", action="store_true", help="write the next model version")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune-encoder",
@@ -377,12 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="item file (default: beside the log)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", required=True, help="model folder to write")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_finetune_encoder)
 
-    p = sub.add_parser("bench", help="benchmarks: adapt | pipeline | encode | kafka | retrain")
+    p = sub.add_parser("bench",
+                       help="benchmarks: adapt | pipeline | encode | kafka | retrain | online")
     p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["adapt", "pipeline", "encode", "kafka", "retrain"])
+                   choices=["adapt", "pipeline", "encode", "kafka", "retrain", "online"])
     p.add_argument("--items", default=None,
                    help="encode: an item file (default: MovieLens movies.csv when present)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -403,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-storage", action="store_true",
                    help="kafka: the serving worker through the embedded broker on memory and on "
                    "S3 storage side by side (a loopback S3 endpoint unless --s3-endpoint)")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("fuzz", help="fuzz decode -> apply -> rank -> encode in process")
@@ -414,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="throughput runs per mode (best kept)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--out", default=None, help="also write the JSON report here")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_fuzz)
 
     p = sub.add_parser("chaos", help="embedded broker + worker; SIGKILL the worker or the "
@@ -428,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--out", default=None, help="also write the JSON report here")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("request", help="ask the running workers for USER's ranking in a domain "
@@ -437,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default="default", help="the domain to rank (e.g. the target)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true", help="print the answer as one JSON line")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_request)
 
     p = sub.add_parser("load", help="embedded broker + worker: produce at FACTOR x the "
@@ -457,20 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="default: a fresh temporary directory")
     p.add_argument("--json", action="store_true", help="print one JSON line (no samples)")
     p.add_argument("--out", default=None, help="write the JSON report (with samples) here")
-    _add_settings_flags(p)
+    settings_flags(p)
     p.set_defaults(func=cmd_load)
 
     from workers.transfer import add_parser as add_transfer
 
-    add_transfer(sub, _add_settings_flags)
+    add_transfer(sub, settings_flags)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and not argv[0].startswith("-") else None).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:  # a bad value: say which and what is accepted, no traceback
+        print(f"kindling {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from engine.online import BUCKETS, LISTS, HitCounts
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -49,6 +51,32 @@ class Metrics:
         )
         self._version = Info("kindling_model", "Model version being served", registry=r)
         self._lag_partitions: set[int] = set()
+        # Online hit@K (engine/online.py): hit@K = rate(hits) / rate(events), per bucket and list;
+        # the model's over popularity's is the live lift. Every series exists from the start.
+        online_events = Counter(
+            "kindling_online_events", "Events scored for online hit@K, by the support-set size "
+            "their user's previous list was made from", ["bucket"], registry=r)
+        online_hits = Counter(
+            "kindling_online_hits", "Scored events whose item was in the user's previous list "
+            "(list=model: the list published; list=popularity: popularity's list at the same "
+            "moment)", ["bucket", "list"], registry=r)
+        self._online_events = [online_events.labels(b) for b in BUCKETS]
+        self._online_hits = [[online_hits.labels(b, lst) for b in BUCKETS] for lst in LISTS]
+        self.online_unscored = Counter(
+            "kindling_online_unscored_events", "Events not scored for online hit@K: the user's "
+            "previous list is not remembered here (restart, rebalance, eviction)", registry=r)
+
+    def online(self, counts: HitCounts) -> None:
+        """Add one micro-batch's online hit@K counts."""
+        for b, n in enumerate(counts.events.tolist()):
+            if n:
+                self._online_events[b].inc(n)
+        for li, row in enumerate(counts.hits.tolist()):
+            for b, n in enumerate(row):
+                if n:
+                    self._online_hits[li][b].inc(n)
+        if counts.unscored:
+            self.online_unscored.inc(counts.unscored)
 
     def model_version(self, version: str) -> None:
         self._version.info({"version": version})
@@ -63,3 +91,22 @@ class Metrics:
             self.lag.labels(str(partition)).set(n)
         self._lag_partitions = set(lag)
         self.last_event_age.set(-1.0 if last_event_age is None else last_event_age)
+
+
+def read_online(text: str) -> tuple[HitCounts, list[str]]:
+    """The online hit@K counters in a ``/metrics`` page, and their sample lines (``_total``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = HitCounts()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kindling_online_events_total":
+                counts.events[BUCKETS.index(sample.labels["bucket"])] = int(sample.value)
+            elif sample.name == "kindling_online_hits_total":
+                at = LISTS.index(sample.labels["list"]), BUCKETS.index(sample.labels["bucket"])
+                counts.hits[at] = int(sample.value)
+            elif sample.name == "kindling_online_unscored_events_total":
+                counts.unscored = int(sample.value)
+    lines = [line for line in text.splitlines()
+             if line.startswith("kindling_online") and "_total" in line.split("{")[0]]
+    return counts, lines

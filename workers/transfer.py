@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from schemas import Interaction, Item
@@ -20,10 +21,9 @@ from schemas import Interaction, Item
 FORMATS = ("auto", "movielens", "generic", "amazon", "douban", "douban-ratings")
 
 
-def add_parser(sub: argparse._SubParsersAction, settings_flags) -> None:
+def add_parser(sub: argparse._SubParsersAction,
+               settings_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the sub-command (``settings_flags`` adds the shared ``--<setting>`` flags)."""
-    from evaluation.crossdomain import DEFAULT_MODELS
-
     p = sub.add_parser("transfer", help="cross-domain cold-start evaluation of the transfer models")
     p.add_argument("logs", nargs="+", help="log file(s) or a folder of Douban <domain>_ratings.dat "
                                            "files; MovieLens ratings.csv = genre split")
@@ -35,9 +35,10 @@ def add_parser(sub: argparse._SubParsersAction, settings_flags) -> None:
     p.add_argument("--target", default=None,
                    help="target domain (default: the transfer_target_domain setting, else the "
                         "other one)")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+    p.add_argument("--models", default=None,
                    help="comma-separated: popularity, itemknn, transfer learners, single-domain "
-                        "learners (trained and served on target events only)")
+                        "learners (trained and served on target events only); default: the "
+                        "baselines, every transfer learner and fomaml")
     p.add_argument("--shots", default="0,1,3,5", help="target events in the support")
     p.add_argument("--steps", type=int, default=300, help="training steps of the learned models")
     p.add_argument("--folds", type=int, default=5, help="folds over the users in both domains")
@@ -92,10 +93,16 @@ def read_events(paths: list[str], fmt: str, domain_column: str, *,
 def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
-    from evaluation.crossdomain import diagnostics_table, run_crossdomain, table, write_results
+    from evaluation.crossdomain import (
+        DEFAULT_MODELS,
+        diagnostics_table,
+        run_crossdomain,
+        table,
+        write_results,
+    )
     from models.transfer.training import transfer_domains
     from streams import domains
-    from workers.cli import settings_from
+    from workers.flags import settings_from
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -114,8 +121,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     source, target = source or inferred_source, target or inferred_target
     if counts[source] == 0 or counts[target] == 0:
         raise SystemExit(f"need events in both {source!r} and {target!r}; found {dict(counts)}")
+    models = args.models.split(",") if args.models else list(DEFAULT_MODELS)
     results = run_crossdomain(
-        events, items, source=source, target=target, models=args.models.split(","),
+        events, items, source=source, target=target, models=models,
         shots=[int(k) for k in args.shots.split(",")], steps=args.steps,
         seeds=[int(s) for s in args.seeds.split(",")], folds=args.folds,
         min_source=args.min_source, min_target=args.min_target, settings=settings,

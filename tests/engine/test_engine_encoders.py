@@ -94,7 +94,7 @@ def test_read_only_cache_and_explicit_put() -> None:
 def test_make_encoder_by_setting(tmp_path) -> None:
     s = Settings()
     assert isinstance(make_encoder(s), HashingFeaturizer)
-    with pytest.raises(EncoderError):
+    with pytest.raises(ValueError, match="KINDLING_ENCODER|encoder"):  # refused by Settings
         make_encoder(s.replace(encoder=str(tmp_path / "nope")))
     with pytest.raises(EncoderError):
         make_encoder(s.replace(encoder=str(tmp_path)))  # a folder with no model in it

@@ -93,16 +93,23 @@ def test_package_code_never_unpickles_or_evals() -> None:
 # ------------------------------------------------------------------------------ secrets
 
 
-def _secret_settings() -> Settings:
+@pytest.fixture
+def cafile(tmp_path) -> str:
+    path = tmp_path / "ca.pem"  # the setting must name an existing file
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+def _secret_settings(cafile: str) -> Settings:
     return Settings.from_env({
         "KINDLING_SECURITY_PROTOCOL": "SASL_SSL", "KINDLING_SASL_MECHANISM": "SCRAM-SHA-512",
         "KINDLING_SASL_USERNAME": "svc", "KINDLING_SASL_PASSWORD": SECRET,
-        "KINDLING_SSL_CAFILE": "/etc/ca.pem",
+        "KINDLING_SSL_CAFILE": cafile,
     })
 
 
-def test_password_not_in_repr_str_or_public() -> None:
-    s = _secret_settings()
+def test_password_not_in_repr_str_or_public(cafile: str) -> None:
+    s = _secret_settings(cafile)
     assert s.sasl_password == SECRET
     assert SECRET not in repr(s) and SECRET not in str(s)
     assert SECRET not in json.dumps(s.public()) and s.public()["sasl_password"] == "***"
@@ -119,32 +126,32 @@ def test_password_is_never_a_cli_flag() -> None:
     assert not any(k.endswith("sasl_password") for k in vars(args))
 
 
-def test_worker_process_does_not_write_the_password_into_env(monkeypatch) -> None:
+def test_worker_process_does_not_write_the_password_into_env(monkeypatch, cafile) -> None:
     # The child inherits KINDLING_SASL_PASSWORD from the parent's env (the only way in), but
     # the helper never copies it out of a Settings object.
     from ops.process import WorkerProcess
 
     monkeypatch.delenv("KINDLING_SASL_PASSWORD", raising=False)
-    env = WorkerProcess(_secret_settings(), "/tmp/unused.log").env()
+    env = WorkerProcess(_secret_settings(cafile), "/tmp/unused.log").env()
     assert SECRET not in env.values()
     assert env["KINDLING_SASL_USERNAME"] == "svc"
 
 
-def test_sasl_ssl_pass_through_to_kafka_clients() -> None:
-    conf = client_config(_secret_settings())
+def test_sasl_ssl_pass_through_to_kafka_clients(cafile: str) -> None:
+    conf = client_config(_secret_settings(cafile))
     assert conf["security_protocol"] == "SASL_SSL"
     assert conf["sasl_mechanism"] == "SCRAM-SHA-512"
     assert conf["sasl_plain_username"] == "svc" and conf["sasl_plain_password"] == SECRET
-    assert conf["ssl_cafile"] == "/etc/ca.pem"
+    assert conf["ssl_cafile"] == cafile
     plain = client_config(Settings())
     assert set(plain) == {"bootstrap_servers"}
 
 
-def test_sasl_ssl_pass_through_to_faust() -> None:
+def test_sasl_ssl_pass_through_to_faust(cafile: str) -> None:
     from workers.app import Kindling
 
     ctx = ssl.create_default_context()
-    fake = SimpleNamespace(settings=_secret_settings(), _ssl_context=lambda: ctx)
+    fake = SimpleNamespace(settings=_secret_settings(cafile), _ssl_context=lambda: ctx)
     creds = Kindling._credentials(fake)
     assert isinstance(creds, faust.SASLCredentials)
     assert creds.username == "svc" and creds.password == SECRET

@@ -107,3 +107,42 @@ def test_log_format_setting() -> None:
     assert logging_config("json", "debug")["root"]["level"] == "DEBUG"
     with pytest.raises(ValueError, match="log format"):
         logging_config("xml", "info")
+
+
+def test_online_hit_counters_add_up_per_bucket_and_list() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.online import BUCKETS, HitCounts
+
+    metrics = Metrics()
+
+    def samples() -> dict[tuple[str, tuple], float]:
+        text = generate_latest(metrics.registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name.startswith("kindling_online") and s.name.endswith("_total")}
+
+    before = samples()  # every series exists, at 0, before the first event
+    assert len(before) == len(BUCKETS) * 3 + 1 and not any(before.values())
+    counts = HitCounts()
+    counts.events[:] = [4, 3, 0, 0, 1]
+    counts.hits[0] = [2, 1, 0, 0, 1]
+    counts.hits[1] = [1, 0, 0, 0, 0]
+    counts.unscored = 2
+    metrics.online(counts)
+    metrics.online(counts)
+    after = samples()
+    assert after[("kindling_online_events_total", (("bucket", "0"),))] == 8
+    assert after[("kindling_online_events_total", (("bucket", ">10"),))] == 2
+    assert after[("kindling_online_hits_total", (("bucket", "0"), ("list", "model")))] == 4
+    assert after[("kindling_online_hits_total", (("bucket", "0"), ("list", "popularity")))] == 2
+    assert after[("kindling_online_hits_total", (("bucket", "1-2"), ("list", "model")))] == 2
+    assert after[("kindling_online_unscored_events_total", ())] == 4
+    # what the demo reads back from /metrics
+    from workers.metrics import read_online
+
+    read, lines = read_online(generate_latest(metrics.registry).decode())
+    assert read.events.tolist() == (2 * counts.events).tolist()
+    assert read.hits.tolist() == (2 * counts.hits).tolist() and read.unscored == 4
+    assert len(lines) == len(before) and all("_created" not in line for line in lines)
