@@ -7,7 +7,11 @@ training loop never holds the worker's GIL or event loop. The child:
 1. reads the snapshot back through the wire schemas (the same validation as live input);
 2. trains a candidate with :func:`engine.trainer.train_bundle` (users split: 10% held out);
 3. compares candidate and incumbent (the newest promoted version) on the *same* held-out users'
-   few-shot loss, and saves the candidate as the next version only if it is not worse;
+   few-shot loss, and saves the candidate as the next version only if it is not worse. A
+   transfer learner (``settings.learner`` one of :data:`models.transfer.TRANSFER_LEARNERS`)
+   holds out users active in both domains instead and is compared by NDCG@10 of their
+   transfer episodes (:func:`engine.trainer.transfer_score`: last source events, no target
+   event), promoted only if not lower;
 4. appends the outcome as one JSON line to ``data_dir/retrain.jsonl``.
 
 Running workers hot-swap to a promoted version through their model watcher. Snapshot files are
@@ -29,7 +33,12 @@ from engine.bundle import ModelBundle, latest_version
 from engine.catalog import Catalog
 from engine.settings import Settings
 from engine.support import UserSupport
-from engine.trainer import histories_from_events, promote_if_better, train_bundle
+from engine.trainer import (
+    histories_from_events,
+    promote_if_better,
+    promote_transfer_if_better,
+    train_bundle,
+)
 from schemas import (
     Interaction,
     Item,
@@ -56,6 +65,9 @@ class RetrainOutcome:
     incumbent: str | None = None
     candidate_loss: float = math.nan
     incumbent_loss: float = math.nan
+    #: what the two figures above are: "heldout_loss" (lower is better) or, for a transfer
+    #: learner, "heldout_ndcg" (higher is better)
+    metric: str = "heldout_loss"
     users: int = 0
     events: int = 0
     seconds: float = 0.0
@@ -175,16 +187,24 @@ def retrain_from_snapshot(
     held = [h for h in histories_from_events(held_events, catalog, settings, profiles).values()
             if len(h) >= 2]
     incumbent = ModelBundle.load(incumbent_path) if incumbent_path else None
-    promoted, losses = promote_if_better(result.bundle, incumbent, held, catalog, settings.data_dir,
-                                         tolerance=settings.retrain_tolerance)
+    domains = result.report.get("domains")
+    if domains:  # a transfer learner: NDCG@10 on held-out users active in both domains
+        promoted, losses = promote_transfer_if_better(
+            result.bundle, incumbent, held, catalog, settings.data_dir, domains=domains,
+            capacity=settings.support_capacity, tolerance=settings.retrain_tolerance)
+        outcome.metric = "heldout_ndcg"
+        what = "held-out transfer NDCG@10"
+        better, worse = "not below", "below"
+    else:
+        promoted, losses = promote_if_better(result.bundle, incumbent, held, catalog,
+                                             settings.data_dir,
+                                             tolerance=settings.retrain_tolerance)
+        what, better, worse = "held-out loss", "not worse than", "worse than"
     outcome.promoted = promoted
     outcome.candidate_loss = losses["candidate"]
     outcome.incumbent_loss = losses["incumbent"]
     outcome.version = result.bundle.version if promoted else None
-    outcome.reason = (
-        "held-out loss not worse than the incumbent's" if promoted
-        else "held-out loss worse than the incumbent's"
-    )
+    outcome.reason = f"{what} {better if promoted else worse} the incumbent's"
     return _record(settings, outcome, started)
 
 
@@ -195,9 +215,10 @@ def _record(settings: Settings, outcome: RetrainOutcome, started: float) -> Retr
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:
         out.write(outcome.to_json() + "\n")
-    log.info("retrain %s: %s (candidate %.4f, incumbent %.4f, %d users, %.1f s)",
+    log.info("retrain %s: %s (%s: candidate %.4f, incumbent %.4f, %d users, %.1f s)",
              "promoted " + str(outcome.version) if outcome.promoted else "rejected", outcome.reason,
-             outcome.candidate_loss, outcome.incumbent_loss, outcome.users, outcome.seconds)
+             outcome.metric, outcome.candidate_loss, outcome.incumbent_loss, outcome.users,
+             outcome.seconds)
     return outcome
 
 

@@ -239,6 +239,13 @@ class Settings(BaseSettings):
     """hybrid: neighbours kept per item in its item-item table."""
     itemitem_max_items: int = Field(5000, ge=1)
     """hybrid: the most interacted items its EASE item-item model covers."""
+    # Cross-domain transfer (models/transfer, docs/transfer.md): set both for a transfer learner
+    # (e.g. cd-graph). Empty: inferred from event counts (the larger domain is the source), which
+    # flips as the stream's mix changes; the two being equal is rejected when training.
+    transfer_source_domain: str = ""
+    """Transfer learners: the domain whose events carry over ('' = the larger domain)."""
+    transfer_target_domain: str = ""
+    """Transfer learners: the domain served with them ('' = the other domain)."""
     model_dir: Annotated[str, AfterValidator(_checkpoint_dir)] = ""
     """A model version directory to serve; '' = the newest version under data_dir/models."""
     top_k: int = Field(10, ge=1)

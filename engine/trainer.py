@@ -90,8 +90,11 @@ SELECTION_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 RECENCY_HALF_LIFE_EVENTS = 3000.0
 
 
-def learner_config(settings: Settings, n_items: int = 0) -> LearnerConfig:
-    return LearnerConfig(
+def learner_config(settings: Settings, n_items: int = 0, learner: str | None = None
+                   ) -> LearnerConfig:
+    """The learner hyper-parameters the settings fix; a transfer ``learner`` also gets the
+    settings' ``[source, target]`` domains when they name both."""
+    config = LearnerConfig(
         n_items=n_items,
         feature_dim=settings.feature_dim,
         attribute_dim=settings.attribute_dim,
@@ -100,6 +103,27 @@ def learner_config(settings: Settings, n_items: int = 0) -> LearnerConfig:
         rating_max=settings.rating_high,
         seed=settings.seed,
     )
+    if learner in TRANSFER_LEARNERS and configured_domains(settings):
+        config.extra["domains"] = configured_domains(settings)
+    return config
+
+
+def configured_domains(settings: Settings) -> list[str] | None:
+    """``[source, target]`` from ``transfer_source_domain``/``transfer_target_domain``, or None
+    unless both are set."""
+    source, target = settings.transfer_source_domain, settings.transfer_target_domain
+    if source and target:
+        if source == target:
+            raise ValueError(f"transfer source and target domain are both {source!r}")
+        return [source, target]
+    return None
+
+
+def transfer_domains_of(settings: Settings, events: Sequence[Interaction]) -> list[str]:
+    """The ``[source, target]`` a transfer learner trains for: the settings' if they name both,
+    else inferred from the events' domain counts
+    (:func:`models.transfer.training.transfer_domains`)."""
+    return configured_domains(settings) or transfer_domains(Counter(e.domain for e in events))
 
 
 def histories_from_events(
@@ -172,8 +196,18 @@ def train_bundle(
     users = sorted(histories)
     rng = np.random.default_rng(seed)
     rng.shuffle(users)
-    n_held = int(len(users) * heldout_fraction) if len(users) >= 20 else 0
-    held, train = users[:n_held], users[n_held:]
+    domains = transfer_domains_of(settings, events) if name in TRANSFER_LEARNERS else None
+    if domains is not None:
+        # a transfer model is judged on users it can transfer for: held out among the users with
+        # events in both domains (the others always train)
+        both = set(overlap_users(events, domains))
+        pool = [u for u in users if u in both]
+        n_held = int(len(pool) * heldout_fraction) if len(pool) >= 20 else 0
+        held = pool[:n_held]
+        train = [u for u in users if u not in set(held)]
+    else:
+        n_held = int(len(users) * heldout_fraction) if len(users) >= 20 else 0
+        held, train = users[:n_held], users[n_held:]
     vocab = _vocab(events, set(train))
     counts = _counts(events, vocab)
     torch.manual_seed(seed)
@@ -182,8 +216,8 @@ def train_bundle(
     if name not in TRANSFER_LEARNERS:
         config.extra["recency_half_life"] = RECENCY_HALF_LIFE_EVENTS
         histories, stream = _training_stream(histories, train)
-    if name in TRANSFER_LEARNERS:  # cross-domain: the learner names its [source, target] domains
-        config.extra["domains"] = transfer_domains(Counter(e.domain for e in events))
+    if domains is not None:  # cross-domain: the learner names its [source, target] domains
+        config.extra["domains"] = domains
     model = create(name, config)
     bundle = ModelBundle(model, vocab, version or "candidate", np.log1p(counts).astype(np.float32))
     recency = None
@@ -272,9 +306,86 @@ def train_bundle(
         if isinstance(tower_learner, TowerLearner):
             with torch.no_grad():
                 report["projection"] = fold_projection(tower_learner, bank, seed=seed)
-    report["heldout_loss"] = heldout_loss(model, held_h, bank) if held_h else math.nan
+    if domains is not None:
+        report["domains"] = domains
+        report["heldout_ndcg"] = (transfer_score(bundle, held_h, catalog, domains,
+                                                 settings.support_capacity)
+                                  if held_h else math.nan)
+    else:
+        report["heldout_loss"] = heldout_loss(model, held_h, bank) if held_h else math.nan
     bundle.metadata = {"report": report}
     return TrainResult(bundle, report, held)
+
+
+def overlap_users(events: Sequence[Interaction], domains: Sequence[str]) -> list[str]:
+    """Users with events in both ``domains`` (sorted)."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if e.domain in domains:
+            seen[e.user_id].add(e.domain)
+    return sorted(u for u, d in seen.items() if len(d) == len(set(domains)))
+
+
+def transfer_score(
+    bundle: ModelBundle,
+    histories: Sequence[UserHistory],
+    catalog: Catalog,
+    domains: Sequence[str],
+    capacity: int,
+    *,
+    shots: Sequence[int] = (0,),
+) -> float:
+    """Mean NDCG@10 of ``bundle`` on held-out users' transfer episodes (support = their last
+    ``capacity - k`` source events + first ``k`` target events, query = their later target
+    events), ranking the target domain's items; averaged over ``shots``. Any learner can be
+    scored, transfer or not (the serving version a transfer candidate must beat may be either):
+    domains come from the catalog's names, not from the learner."""
+    from models.transfer.episodes import episode_ndcg, transfer_episodes
+    from models.transfer.learners import SOURCE, TARGET
+
+    codes, names = catalog.domain_codes()
+    lookup = np.array([TARGET if n == domains[1] else SOURCE if n == domains[0] else -1
+                       for n in names], dtype=np.int64)
+    domain = torch.from_numpy(lookup[codes]) if len(codes) else torch.zeros(0, dtype=torch.long)
+    bank = bundle.bank(catalog)
+    learner = bundle.learner
+    values = []
+    with torch.inference_mode():
+        prepared = learner.prepare(bank)
+        for k in shots:
+            ep = transfer_episodes(histories, domain, k, capacity)
+            if not ep.users:
+                continue
+            state = learner.init_state(torch.zeros(len(ep.users), learner.config.attribute_dim))
+            scores = learner.score(learner.adapt(state, ep.support, prepared), prepared)
+            values.append(float(episode_ndcg(scores, ep, domain == TARGET).mean()))
+    return float(np.mean(values)) if values else math.nan
+
+
+def promote_transfer_if_better(
+    candidate: ModelBundle,
+    incumbent: ModelBundle | None,
+    heldout: Sequence[UserHistory],
+    catalog: Catalog,
+    data_dir: str | Path,
+    *,
+    domains: Sequence[str],
+    capacity: int,
+    tolerance: float = 0.0,
+) -> tuple[bool, dict[str, float]]:
+    """Score candidate and incumbent with :func:`transfer_score` on the same held-out users
+    (users active in both domains) and save the candidate as the next version only if its NDCG@10
+    is not lower than the incumbent's minus ``tolerance``. Returns (promoted, scores)."""
+    new = transfer_score(candidate, heldout, catalog, domains, capacity)
+    old = (transfer_score(incumbent, heldout, catalog, domains, capacity)
+           if incumbent is not None and incumbent.vocab else None)
+    scores = {"candidate": new, "incumbent": math.nan if old is None else old}
+    if old is not None and math.isfinite(old) and not (math.isfinite(new)
+                                                       and new >= old - tolerance):
+        log.info("transfer candidate rejected: held-out NDCG@10 %.4f below %.4f", new, old)
+        return False, scores
+    save_bundle(candidate, data_dir, extra={"promotion": scores})
+    return True, scores
 
 
 def _select_hybrid(

@@ -13,6 +13,9 @@ reader                     layout
                            ``"user_id" "<book|movie|music>_id" "rating" ... "time" ...``,
                            ``time`` a date (``YYYY-MM-DD[ HH:MM:SS]``); domain = book/movie/music
 :func:`read_movielens_domains`  MovieLens split into two domains by genre family (below)
+:func:`read_douban_ratings`  Douban ``<domain>_ratings.dat`` files (GA-DTCDR release: tab-separated
+                           ``user item rating``, no header, no time), a folder of them or the
+                           files; domain = the file's ``<domain>``, items ``<domain>:<id>``
 =========================  ==============================================================
 
 All readers skip and count bad rows (:class:`~streams.sources.ReadStats`) like
@@ -38,7 +41,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas import DEFAULT_SCALE, Interaction, RatingScale
-from streams.sources import BadRow, LogRead, ReadStats, _event, _log_summary, read_items, read_log
+from streams.sources import (
+    BadRow,
+    LogRead,
+    ReadStats,
+    _event,
+    _log_summary,
+    douban_domain,
+    read_items,
+    read_log,
+)
 
 SOURCE_DOMAIN, TARGET_DOMAIN = "source", "target"
 TARGET_GENRES = frozenset({"Action", "Adventure", "Sci-Fi", "Thriller", "Crime", "Horror",
@@ -156,6 +168,71 @@ def read_movielens_domains(ratings: str | Path, movies: str | Path | None = None
     return LogRead(events, log.stats)
 
 
+def douban_rating_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The ``<domain>_ratings.dat`` files among ``paths`` (a folder stands for the ones in it)."""
+    found: list[Path] = []
+    for raw in [paths] if isinstance(paths, str | Path) else paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if douban_domain(p) is not None)
+        elif douban_domain(path) is not None:
+            found.append(path)
+        else:
+            raise ValueError(f"{path}: not a Douban <domain>_ratings.dat file or a folder of them")
+    if not found:
+        raise ValueError(f"no <domain>_ratings.dat file in {paths}")
+    return found
+
+
+def read_douban_ratings(
+    paths: str | Path | Sequence[str | Path],
+    *,
+    first: str | None = None,
+    scale: RatingScale = DEFAULT_SCALE,
+) -> LogRead:
+    r"""Several Douban ``<domain>_ratings.dat`` files as one multi-domain log.
+
+    Each file is read by :func:`streams.sources.read_log` (domain from the file name, item ids
+    ``<domain>:<id>``, ``ts`` = line number: a file's row order is its only clock). The files
+    share no clock, so the merged log puts whole files one after the other: an event's ``ts`` is
+    its line number plus the lines of every file before it. ``first`` names the domain whose
+    file comes first (the others follow in file-name order); for cross-domain cold start pass
+    the *source* domain, so that every user's source history precedes their first target event:
+    the order a transfer model serves in (support = last source events + first target events).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "book_ratings.dat").write_text("1\t10\t4\n2\t11\t5\n")
+    >>> _ = (d / "music_ratings.dat").write_text("1\t7\t3\n")
+    >>> [(e.user_id, e.item_id, e.ts) for e in read_douban_ratings(d, first="music")]
+    [('1', 'music:7', 1.0), ('1', 'book:10', 2.0), ('2', 'book:11', 3.0)]
+    """
+    files = douban_rating_files(paths)
+    domains = [douban_domain(p) for p in files]
+    if first is not None:
+        if first not in domains:
+            raise ValueError(f"no {first}_ratings.dat among {[str(p) for p in files]}")
+        files.insert(0, files.pop(domains.index(first)))
+    stats = ReadStats(source=",".join(str(p) for p in files))
+    events: list[Interaction] = []
+    offset = 0.0
+    for path in files:
+        part = read_log(path, scale=scale)
+        events += [_with_ts(e, e.ts + offset) for e in part.events]
+        offset += float(_line_count(path))  # ts are line numbers, blank lines included
+        stats.rows += part.stats.rows
+        stats.ok += part.stats.ok
+        stats.skipped.update(part.stats.skipped)
+    return LogRead(events, stats)
+
+
+def _line_count(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)
+
+
 def merge(logs: Iterable[LogRead]) -> list[Interaction]:
     """One time-ordered log from several (stable: ties keep input order)."""
     return sorted((e for log in logs for e in log.events), key=lambda e: e.ts)
@@ -163,6 +240,10 @@ def merge(logs: Iterable[LogRead]) -> list[Interaction]:
 
 def _with_domain(e: Interaction, domain: str) -> Interaction:
     return Interaction(e.event_id, e.user_id, e.item_id, e.kind, e.value, e.ts, domain, e.context)
+
+
+def _with_ts(e: Interaction, ts: float) -> Interaction:
+    return Interaction(e.event_id, e.user_id, e.item_id, e.kind, e.value, ts, e.domain, e.context)
 
 
 def _number(raw: str) -> str | None:
@@ -180,5 +261,5 @@ def _date(raw: str) -> float:
 
 
 __all__ = ["AMAZON_2014", "AMAZON_2018", "SOURCE_DOMAIN", "SOURCE_GENRES", "TARGET_DOMAIN",
-           "TARGET_GENRES", "genre_domain", "merge", "read_amazon", "read_domain_log",
-           "read_douban", "read_movielens_domains"]
+           "TARGET_GENRES", "douban_rating_files", "genre_domain", "merge", "read_amazon",
+           "read_domain_log", "read_douban", "read_douban_ratings", "read_movielens_domains"]

@@ -112,7 +112,8 @@ def load_bundle(settings: Settings) -> ModelBundle:
         return bundle
     log.warning("no trained model under %s: serving an untrained %s (content only)",
                 settings.data_dir, settings.learner)
-    return ModelBundle.untrained(settings.learner, learner_config(settings))
+    return ModelBundle.untrained(settings.learner,
+                                 learner_config(settings, learner=settings.learner))
 
 
 class Kindling:
@@ -530,7 +531,8 @@ class Kindling:
     async def _retrain(self) -> None:
         """Snapshot this worker's users, items and attributes, then retrain in a child process
         (``kindling retrain``) so training never stalls the event loop; the child promotes the
-        candidate only if its held-out loss is not worse (``engine/retrain.py``)."""
+        candidate only if its held-out loss is not worse, or for a transfer learner its held-out
+        cross-domain users' NDCG@10 not lower (``engine/retrain.py``)."""
         if self._retraining is not None and not self._retraining.done():
             log.info("retrain: the previous round is still running; skipping this tick")
             return

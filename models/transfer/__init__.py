@@ -17,6 +17,10 @@ Registry names and the transfer family each one implements
 ``cd-adversarial`` shared space + domain discriminator behind gradient reversal (aligned domains)
 ``lightgcn``       LightGCN propagation over the training user–item graph (both domains) with
                    ``torch.sparse`` — *relation transfer* (co-occurrence bridges via shared users)
+``cd-graph``       the target popularity prior + one non-learned graph hop from the support
+                   items through the training users, gated by the evidence mass, its few
+                   hyper-parameters chosen on held-out training users (:mod:`.graph`) — the
+                   served default for transfer: the learned ones over-fit the overlap users
 =================  ============================================================================
 
 *Feature transfer* (shared content features) is an option of all of them:
@@ -24,6 +28,7 @@ Registry names and the transfer family each one implements
 shared across domains; ``False`` zeroes item content so only ids/relations carry knowledge.
 """
 
+from models.transfer.graph import GraphTransferLearner
 from models.transfer.learners import (
     AdversarialLearner,
     CrossDomainLearner,
@@ -35,13 +40,15 @@ from models.transfer.learners import (
 from models.transfer.lightgcn import LightGCNLearner
 
 #: every cross-domain registry name, baseline first
-TRANSFER_LEARNERS = ("cd-target", "cd-shared", "emcdr", "ptupcdr", "cd-adversarial", "lightgcn")
+TRANSFER_LEARNERS = ("cd-target", "cd-shared", "emcdr", "ptupcdr", "cd-adversarial", "lightgcn",
+                     "cd-graph")
 
 __all__ = [
     "TRANSFER_LEARNERS",
     "AdversarialLearner",
     "CrossDomainLearner",
     "EMCDRLearner",
+    "GraphTransferLearner",
     "LightGCNLearner",
     "PTUPCDRLearner",
     "SharedLearner",

@@ -25,25 +25,10 @@ from torch import Tensor
 
 from models.base import ItemBank, LearnerConfig, create
 from models.training import UserHistory, collate, pretrain_items
+from models.transfer.episodes import split_by_domain
+from models.transfer.graph import GraphTransferLearner, fit_graph
 from models.transfer.learners import SOURCE, TARGET, CrossDomainLearner, domain_of
 from models.transfer.lightgcn import LightGCNLearner
-
-
-def split_by_domain(history: UserHistory, domain: Tensor) -> tuple[UserHistory, int, int]:
-    """Reorder a history to [source events..., target events...] (time order kept inside each)
-    and return it with the two counts. ``domain`` is the bank's (N,) code vector."""
-    dom = domain[history.items]
-    src = torch.nonzero(dom != TARGET).flatten()
-    tgt = torch.nonzero(dom == TARGET).flatten()
-    order = torch.cat([src, tgt])
-    reordered = UserHistory(
-        items=history.items[order],
-        targets=history.targets[order],
-        ratings=history.ratings[order],
-        profile=history.profile,
-        times=None if history.times is None else history.times[order],
-    )
-    return reordered, int(src.numel()), int(tgt.numel())
 
 
 def graph_edges(histories: Sequence[UserHistory], bank: ItemBank) -> tuple[Tensor, Tensor]:
@@ -135,8 +120,12 @@ def fit_transfer(
     max_source: int = 20,
     max_query: int = 32,
     pretrain_epochs: int = 2,
-) -> tuple[CrossDomainLearner, dict[str, Any]]:
+) -> tuple[CrossDomainLearner | GraphTransferLearner, dict[str, Any]]:
     """Create learner ``name`` from ``config`` and train it on ``histories``.
+
+    ``cd-graph`` is not trained by gradient: :func:`models.transfer.graph.fit_graph` builds its
+    graph and chooses its hyper-parameters on held-out training users (``max_source`` is the
+    support capacity it assumes; the other training arguments do not apply to it).
 
     ``histories`` mix both domains (rows of ``bank``; ``bank.domains`` tell them apart) and must
     not contain any event of a user held out for evaluation. ``target_shots`` repeats 0 on
@@ -145,6 +134,8 @@ def fit_transfer(
     the item tower its geometry first, as the single-domain pipeline does. Returns the learner
     (eval mode) and a small report.
     """
+    if name == GraphTransferLearner.name:  # no gradient training: a graph + chosen hyper-params
+        return fit_graph(histories, bank, config, seed=seed, capacity=max_source)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     domain = domain_of(bank)

@@ -101,6 +101,8 @@ CASES: dict[str, Case] = {
     "learner": Case("proto", "proto", ("fomamll", "")),
     "itemitem_neighbours": Case("32", 32, ("0", "-1", "many")),
     "itemitem_max_items": Case("2000", 2000, ("0", "1.5")),
+    "transfer_source_domain": Case("book", "book"),
+    "transfer_target_domain": Case("music", "music"),
     "model_dir": Case(_checkpoint, _checkpoint, (_missing, _dir)),
     "top_k": Case("20", 20, ("0", "-1", "ten")),
     "inner_steps": Case("0", 0, ("-1",)),

@@ -8,15 +8,18 @@ import pytest
 
 from streams.domains import (
     AMAZON_2018,
+    douban_rating_files,
     genre_domain,
     merge,
     read_amazon,
     read_domain_log,
     read_douban,
+    read_douban_ratings,
     read_movielens_domains,
 )
 
 ML = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small"
+DOUBAN = ML.parent / "douban-book-music"
 
 
 def test_generic_csv_and_jsonl_with_a_domain_column(tmp_path: Path) -> None:
@@ -98,3 +101,36 @@ def test_movielens_small_split_is_roughly_balanced() -> None:
     log = read_movielens_domains(ML / "ratings.csv")
     n_target = sum(e.domain == "target" for e in log)
     assert 0.3 < n_target / len(log) < 0.7
+
+
+def test_douban_ratings_files_merge_whole_files_in_order(tmp_path: Path) -> None:
+    (tmp_path / "book_ratings.dat").write_text("1\t10\t4\n\n2\t11\t5\n1\t12\t9\n")
+    (tmp_path / "music_ratings.dat").write_text("2\t7\t3\n1\t7\t5\n")
+    (tmp_path / "README.txt").write_text("not a ratings file")
+    assert [p.name for p in douban_rating_files(tmp_path)] == ["book_ratings.dat",
+                                                               "music_ratings.dat"]
+    log = read_douban_ratings(tmp_path, first="music")
+    got = [(e.user_id, e.item_id, e.domain, e.ts) for e in log]
+    # music lines 1-2, then the 4 physical lines of books (a blank line and a bad rating skipped)
+    assert got == [("2", "music:7", "music", 1.0), ("1", "music:7", "music", 2.0),
+                   ("1", "book:10", "book", 3.0), ("2", "book:11", "book", 5.0)]
+    assert log.stats.ok == 4 and log.stats.skipped == {"rating out of range": 1}
+    # the default order is by file name; single files can be passed too
+    books_first = read_douban_ratings([tmp_path / "music_ratings.dat",
+                                       tmp_path / "book_ratings.dat"], first="book")
+    assert [e.domain for e in books_first] == ["book", "book", "music", "music"]
+    assert len({e.event_id for e in books_first}) == 4
+    with pytest.raises(ValueError, match="no movie_ratings.dat"):
+        read_douban_ratings(tmp_path, first="movie")
+    with pytest.raises(ValueError, match="not a Douban"):
+        read_douban_ratings(tmp_path / "README.txt")
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not DOUBAN.is_dir(), reason="douban-book-music not present")
+def test_douban_book_music_as_published() -> None:
+    log = read_douban_ratings(DOUBAN, first="book")
+    assert len(log) == 96_041 + 69_709 and log.stats.n_skipped == 0
+    first_music = next(i for i, e in enumerate(log.events) if e.domain == "music")
+    assert first_music == 96_041  # every book event precedes every music event
+    assert [e.ts for e in log.events] == sorted(e.ts for e in log.events)
