@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.replay import is_baseline, load_log, replay
+from evaluation.report import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run_matrix(
         "runs": runs,
         "seconds": time.perf_counter() - t_start,
     }
-    (out / "results.json").write_text(json.dumps(_jsonable(result), indent=1, allow_nan=False))
+    (out / "results.json").write_text(json.dumps(jsonable(result), indent=1, allow_nan=False))
     (out / "table.md").write_text(render(result))
     plot(result, out / "ndcg.png")
     return result
@@ -326,20 +327,6 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
-    return value
 
 
 __all__ = ["SEED_FREE", "aggregate", "render", "run_matrix"]

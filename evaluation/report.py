@@ -181,16 +181,19 @@ def plot(report: dict[str, Any], out_dir: Path, metric: str = HEADLINE) -> dict[
     return out
 
 
-def _jsonable(value: Any) -> Any:
-    """NaN/inf become ``null`` so the file is strict JSON."""
+def jsonable(value: Any) -> Any:
+    """Plain JSON types from dicts, lists, tuples, numpy arrays and scalars, tensors' items; NaN
+    and inf become ``null`` so the file is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy arrays, tensors
+        return jsonable(value.tolist())
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -200,7 +203,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    paths["json"].write_text(json.dumps(_jsonable(public), indent=2, allow_nan=False))
+    paths["json"].write_text(json.dumps(jsonable(public), indent=2, allow_nan=False))
     plots = plot(report, out)
     paths["markdown"].write_text(render_markdown(report, plots))
     paths.update({f"plot:{name}": p for name, p in plots.items()})

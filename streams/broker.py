@@ -25,7 +25,14 @@ from typing import Any
 
 from engine.settings import Settings
 from streams.errors import BrokerError
-from streams.s3 import LOCAL, LocalS3, bucket_of, storage_env, tansu_storage_url
+from streams.s3 import (
+    LOCAL,
+    LocalS3,
+    bucket_of,
+    stop_process,
+    storage_env,
+    tansu_storage_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +227,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
         if self.local_s3 is not None:
             self.local_s3.close()
         shutil.rmtree(self._log_dir, ignore_errors=True)

@@ -67,6 +67,17 @@ def storage_env(settings: Settings, endpoint: str | None = None) -> dict[str, st
     return env
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc`` if it still runs; SIGKILL it if it has not exited after ``timeout``."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class LocalS3:
     """moto's S3 server on a free loopback port: ``with LocalS3(["tansu"]) as s3: s3.endpoint``."""
 
@@ -157,13 +168,7 @@ class LocalS3:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def close(self) -> None:
         self.stop()
