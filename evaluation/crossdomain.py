@@ -59,7 +59,7 @@ from engine.settings import Settings
 from engine.trainer import histories_from_events, learner_config, train_bundle
 from evaluation.metrics import hit_matrix, ndcg_at_k
 from models.base import ItemBank, SupportBatch, create
-from models.training import UserHistory
+from models.training import UserHistory, padded_support
 from models.transfer import TRANSFER_LEARNERS
 from models.transfer.episodes import transfer_episodes
 from models.transfer.learners import TARGET, CrossDomainLearner
@@ -198,17 +198,10 @@ def test_episodes(
         rt.append([e.value if e.kind == "rate" else math.nan for e in sup])
         query.append(np.array([catalog.index[e.item_id] for e in tgt[k:]]))
         q_r.append(np.array([e.value if e.kind == "rate" else math.nan for e in tgt[k:]]))
-    s = max((len(r) for r in rows), default=0)
-    items = torch.zeros(len(rows), s, dtype=torch.long)
-    targets = torch.zeros(len(rows), s)
-    ratings = torch.full((len(rows), s), math.nan)
-    mask = torch.zeros(len(rows), s, dtype=torch.bool)
-    for i, (r, t, q) in enumerate(zip(rows, tg, rt, strict=True)):
-        items[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        targets[i, : len(r)] = torch.tensor(t)
-        ratings[i, : len(r)] = torch.tensor(q)
-        mask[i, : len(r)] = True
-    return Episodes(users, SupportBatch(items, targets, ratings, mask), query, q_r)
+    support = padded_support([torch.tensor(r, dtype=torch.long) for r in rows],
+                             [torch.tensor(t, dtype=torch.float32) for t in tg],
+                             [torch.tensor(q, dtype=torch.float32) for q in rt])
+    return Episodes(users, support, query, q_r)
 
 
 @dataclass

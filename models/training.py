@@ -79,6 +79,20 @@ def _pad(rows: list[Tensor], width: int, fill: float, dtype: torch.dtype) -> Ten
     return out
 
 
+def padded_support(items: Sequence[Tensor], targets: Sequence[Tensor],
+                   ratings: Sequence[Tensor]) -> SupportBatch:
+    """One :class:`SupportBatch` from ragged per-user rows (items 0, targets 0 and ratings NaN
+    where padded; ``mask`` marks the real events)."""
+    width = max((x.shape[0] for x in items), default=0)
+    lengths = torch.tensor([x.shape[0] for x in items], dtype=torch.long)
+    return SupportBatch(
+        items=_pad(list(items), width, 0, torch.long),
+        targets=_pad(list(targets), width, 0.0, torch.float32),
+        ratings=_pad(list(ratings), width, math.nan, torch.float32),
+        mask=torch.arange(width)[None, :] < lengths[:, None],
+    )
+
+
 def collate(
     histories: Sequence[UserHistory],
     cuts: Sequence[tuple[int, int]],
@@ -94,9 +108,7 @@ def collate(
         q_items.append(h.items[qi])
         q_t.append(h.targets[qi])
         q_r.append(h.ratings[qi])
-    s_w = max((x.shape[0] for x in s_items), default=0)
     q_w = max((x.shape[0] for x in q_items), default=0)
-    s_len = torch.tensor([x.shape[0] for x in s_items])
     q_len = torch.tensor([x.shape[0] for x in q_items])
     as_of = None
     if histories and all(h.positions is not None for h in histories):
@@ -105,12 +117,7 @@ def collate(
             int(h.positions[b - 1]) + 1 if b > a else int(h.positions[a])  # type: ignore[index]
             for h, (a, b) in zip(histories, cuts, strict=True)
         ])
-    support = SupportBatch(
-        items=_pad(s_items, s_w, 0, torch.long),
-        targets=_pad(s_t, s_w, 0.0, torch.float32),
-        ratings=_pad(s_r, s_w, math.nan, torch.float32),
-        mask=torch.arange(s_w)[None, :] < s_len[:, None],
-    )
+    support = padded_support(s_items, s_t, s_r)
     return EpisodeBatch(
         support=support,
         profiles=torch.stack([h.profile.float() for h in histories]),

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from models.base import SupportBatch
 from models.metrics import ndcg_at_k
-from models.training import UserHistory
+from models.training import UserHistory, padded_support
 from models.transfer.learners import TARGET
 
 
@@ -69,15 +69,7 @@ def transfer_episodes(histories: Sequence[UserHistory], domain: Tensor, k: int, 
         rt.append(h.ratings[cut])
         query.append(h.items[n_s + k:])
         q_r.append(h.ratings[n_s + k:])
-    width = max((len(r) for r in rows), default=0)
-    items = torch.zeros(len(rows), width, dtype=torch.long)
-    targets = torch.zeros(len(rows), width)
-    ratings = torch.full((len(rows), width), math.nan)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (r, t, q) in enumerate(zip(rows, tg, rt, strict=True)):
-        items[i, : len(r)], targets[i, : len(r)], ratings[i, : len(r)] = r, t, q
-        mask[i, : len(r)] = True
-    return TransferEpisodes(picked, SupportBatch(items, targets, ratings, mask), query, q_r)
+    return TransferEpisodes(picked, padded_support(rows, tg, rt), query, q_r)
 
 
 def relevance(episodes: TransferEpisodes, n_items: int) -> Tensor:
