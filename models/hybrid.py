@@ -13,21 +13,26 @@ training users held out of a probe model's training (:func:`select`):
   largest weights, so serving is ``O(|S|·k)`` per user;
 * per support-size bucket (:data:`GATE_EDGES`), the weight ``w_n`` of the item-item score
   next to the core's score;
+* a sequential channel: a transition table ``T[i, j]`` (how often ``j`` comes within a window
+  of events after ``i`` in one training user's history, cosine-normalised and pruned like the
+  item-item table), its window and its weight ``v_n`` per bucket chosen on the same held-out
+  users after the item-item weights (0, no channel, unless it helps there);
 * the rating head: item rating offsets and a user offset, each shrunk by a pseudo-count chosen
   for MAE (a closed-form baseline predictor; the core's own rating head is not used).
 
 Score of item ``j`` for a user with support ``S`` (``n = |S|``; ``σ`` = standard deviation over
 the catalog, per user)::
 
-    s_j = p_j + w_n · (σ(p) / σ(q)) · q_j,   p_j = H_j·u + b_j,   q_j = Σ_{i∈S} B[i, j]
+    s_j = p_j + w_n · (σ(p) / σ(q)) · q_j + v_n · (σ(p) / σ(t)) · t_j,
+    p_j = H_j·u + b_j,   q_j = Σ_{i∈S} B[i, j],   t_j = Σ_{i∈S} T[i, j]
 
-which ranks exactly like ``z(p) + w_n · z(q)`` (standardised channels) but stays in the core's
-units and costs one multiply-add over the catalog. A separate weight on the item prior ``b``
-alone was tried as a third channel: chosen on held-out training users, it did not carry over to
-new users (ml-latest-small), so the core's prior, with its recency weight calibrated on the same
-held-out users, is the only prior. A user with no events (bucket 0), or in a bucket whose weight
-is 0, is ranked by the core alone. Everything is computed on batches of users with tensor ops;
-nothing loops over items.
+which ranks exactly like ``z(p) + w_n · z(q) + v_n · z(t)`` (standardised channels) but stays
+in the core's units and costs one multiply-add per channel over the catalog. A separate weight
+on the item prior ``b`` alone was tried as a channel: chosen on held-out training users, it did
+not carry over to new users (ml-latest-small), so the core's prior, with its recency weight
+calibrated on the same held-out users, is the only prior. A user with no events (bucket 0), or
+in a bucket whose weights are 0, is ranked by the core alone. Everything is computed on batches
+of users with tensor ops; nothing loops over items.
 """
 
 from __future__ import annotations
@@ -75,6 +80,14 @@ class HybridLearner(Learner):
         self.register_buffer("ii_val", torch.zeros(v, k))
         # the item-item weight per support-size bucket; untrained: 0, the core alone
         self.register_buffer("gates", torch.zeros(len(GATE_EDGES)))
+        # the sequential channel: which items follow which in training users' histories
+        t = int(config.extra.get("tr_neighbours", 0))
+        self.register_buffer("tr_idx", torch.zeros(v, t, dtype=torch.long))
+        self.register_buffer("tr_val", torch.zeros(v, t))
+        self.register_buffer("tr_gates", torch.zeros(len(GATE_EDGES)))
+        # the popularity channel: log(1 + training users per item), its weight per bucket
+        self.register_buffer("item_pop", torch.zeros(v))
+        self.register_buffer("pop_gates", torch.zeros(len(GATE_EDGES)))
         mid = 0.5 * (config.rating_min + config.rating_max)
         self.register_buffer("rating_level", torch.tensor(float(mid)))
         self.register_buffer("item_rating", torch.zeros(v))
@@ -90,7 +103,9 @@ class HybridLearner(Learner):
     def _item_tables(self, bank: ItemBank) -> State:
         """The item-item table in bank rows, and each item's rating baseline."""
         idx, val = bank_table(bank.id_index, self.ii_idx, self.ii_val)
-        return {"ii_idx": idx, "ii_val": val,
+        tr_idx, tr_val = bank_table(bank.id_index, self.tr_idx, self.tr_val)
+        return {"ii_idx": idx, "ii_val": val, "tr_idx": tr_idx, "tr_val": tr_val,
+                "pop": item_baseline(bank.id_index, 0.0, self.item_pop),
                 "rating_item": item_baseline(bank.id_index, float(self.rating_level),
                                              self.item_rating)}
 
@@ -101,8 +116,12 @@ class HybridLearner(Learner):
         with torch.inference_mode():
             out = dict(self.core.adapt(state, support, prepared))
             n_items = prepared["ii_idx"].shape[0]
+            weights = support.mask.to(torch.float32)
             out["ii"] = neighbour_scores(prepared["ii_idx"], prepared["ii_val"], support.items,
-                                         support.mask.to(torch.float32), n_items)
+                                         weights, n_items)
+            if prepared["tr_idx"].shape[1] and bool((self.tr_gates > 0).any()):
+                out["tr"] = neighbour_scores(prepared["tr_idx"], prepared["tr_val"],
+                                             support.items, weights, n_items)
             out["n_support"] = support.mask.sum(1)
             out["rate_u"] = _user_offset(support, prepared["rating_item"], self.user_shrink)
             return out
@@ -113,7 +132,15 @@ class HybridLearner(Learner):
             n = state.get("n_support")  # absent: a prior state, never adapted (no events)
             if n is None:
                 return personal
-            return combine(self.gates[bucket_of(n)], personal, state["ii"])
+            row = bucket_of(n)
+            mixed = combine(self.gates[row], personal, state["ii"])
+            if "tr" in state:
+                mixed = combine(self.tr_gates[row], mixed, state["tr"], reference=personal)
+            pop_w = self.pop_gates[row]
+            if bool((pop_w > 0).any()):
+                mixed = combine(pop_w, mixed, prepared["pop"].expand_as(mixed),
+                                reference=personal)
+            return mixed
 
     def predict_rating(self, state: State, prepared: State, items: Tensor) -> Tensor:
         with torch.inference_mode():
@@ -123,14 +150,17 @@ class HybridLearner(Learner):
             return pred.clamp(self.config.rating_min, self.config.rating_max)
 
 
-def combine(weights: Tensor, personal: Tensor, itemitem: Tensor) -> Tensor:
-    """``personal + w · (σ(personal) / σ(itemitem)) · itemitem`` per row (B, N): ranks like
-    ``z(personal) + w · z(itemitem)``. Rows with ``w = 0`` (or a constant item-item row) are the
-    personal score unchanged, bit for bit."""
+def combine(weights: Tensor, personal: Tensor, itemitem: Tensor,
+            reference: Tensor | None = None) -> Tensor:
+    """``personal + w · (σ(ref) / σ(itemitem)) · itemitem`` per row (B, N), ``ref`` =
+    ``reference`` or ``personal``: ranks like ``z(ref) + w · z(itemitem)`` plus what ``personal``
+    already holds. Rows with ``w = 0`` (or a constant item-item row) are ``personal`` unchanged,
+    bit for bit."""
     if not bool((weights > 0).any()):
         return personal
     spread = _spread(itemitem)
-    scale = torch.where(spread > 1e-12, weights * _spread(personal) / spread.clamp(min=1e-12),
+    base = _spread(personal if reference is None else reference)
+    scale = torch.where(spread > 1e-12, weights * base / spread.clamp(min=1e-12),
                         torch.zeros_like(spread))
     return torch.addcmul(personal, scale[:, None], itemitem)
 
@@ -183,6 +213,10 @@ class Interactions:
     items: Tensor  # (E,) long vocabulary rows
     ratings: Tensor  # (E,) float32, NaN where the event was not a rating
     n_items: int
+    #: Every event (repeats too) of each user in time order, users one after the other: the
+    #: sequences the transition table is counted on (empty: no sequential channel).
+    seq_users: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    seq_items: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def n_users(self) -> int:
@@ -206,6 +240,11 @@ ITEMITEM_CANDIDATES: tuple[ItemItemSpec, ...] = (
     ItemItemSpec("ease", 0.5), ItemItemSpec("ease", 2.0), ItemItemSpec("ease", 8.0),
     ItemItemSpec("cosine", 0.5), ItemItemSpec("cosine", 0.7), ItemItemSpec("cosine", 0.9),
 )
+#: Windows of the transition table tried by :func:`select`: item ``j`` counts as following ``i``
+#: when it comes 1..window events later in the same user's history.
+TRANSITION_WINDOWS: tuple[int, ...] = (1, 3, 10)
+#: Weights of the transition channel tried per bucket (0 first: no channel unless it helps).
+TRANSITION_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
 #: Weights of the item-item channel tried per bucket, in order of preference: 0 is the core
 #: alone, kept unless another weight beats it by more than the tolerance.
 ITEMITEM_WEIGHTS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -243,6 +282,47 @@ def itemitem_table(
     return idx, val
 
 
+def transition_table(
+    data: Interactions, window: int, *, neighbours: int, max_items: int
+) -> tuple[Tensor, Tensor]:
+    """The pruned (V, k) table of what follows what: ``T[i, j]`` = how often ``j`` comes 1 to
+    ``window`` events after ``i`` in one user's history, normalised as a cosine
+    ``T_ij / sqrt(n_i n_j)`` (``n`` = event counts); the ``max_items`` most frequent items take
+    part (as the item-item table). Rows of other items score nothing."""
+    v = data.n_items
+    seq_u, seq_i = data.seq_users, data.seq_items
+    counts = torch.bincount(seq_i, minlength=v)
+    modelled = ease_vocabulary(counts, max_items) if seq_i.numel() >= 2 and window >= 1 \
+        else torch.zeros(0, dtype=torch.long)
+    m = modelled.numel()
+    width = max(min(neighbours, m), 0)
+    idx = torch.arange(v)[:, None].expand(v, width).clone()
+    val = torch.zeros(v, width)
+    if width == 0:
+        return idx, val
+    position = torch.full((v,), -1, dtype=torch.long)
+    position[modelled] = torch.arange(m)
+    pos = position[seq_i]
+    pairs = []
+    for d in range(1, window + 1):
+        same = (seq_u[:-d] == seq_u[d:]) & (pos[:-d] >= 0) & (pos[d:] >= 0)
+        pairs.append(pos[:-d][same] * m + pos[d:][same])
+    key = torch.cat(pairs)
+    t = torch.zeros(m * m).index_add_(0, key, torch.ones(key.numel())).reshape(m, m)
+    t.diagonal().zero_()
+    c = counts[modelled].to(torch.float32).clamp(min=1.0).sqrt()
+    t = t / c[:, None] / c[None, :]
+    local_idx, local_val = top_neighbours(t, width)
+    idx[modelled] = modelled[local_idx]
+    val[modelled] = local_val
+    return idx, val
+
+
+def item_popularity(data: Interactions) -> Tensor:
+    """``log(1 + users)`` per vocabulary row: how many distinct users of ``data`` had the item."""
+    return torch.log1p(torch.bincount(data.items, minlength=data.n_items).to(torch.float32))
+
+
 def rating_baseline(data: Interactions, item_shrink: float) -> tuple[float, Tensor]:
     """Global mean rating and per-item offsets ``Σ(r - μ) / (n_i + item_shrink)`` (V,)."""
     ok = ~torch.isnan(data.ratings)
@@ -264,6 +344,11 @@ class Selection:
     item_shrink: float
     user_shrink: float
     report: dict[str, object] = field(default_factory=dict)
+    #: The transition table's window (0: no sequential channel) and its weight per bucket.
+    transition_window: int = 0
+    tr_gates: Tensor | None = None
+    #: The popularity channel's weight per bucket (None: no channel).
+    pop_gates: Tensor | None = None
 
 
 def install(
@@ -279,15 +364,30 @@ def install(
     idx, val = itemitem_table(data, selection.itemitem, neighbours=neighbours,
                               max_items=max_items)
     level, offsets = rating_baseline(data, selection.item_shrink)
+    tr_gates = (selection.tr_gates if selection.tr_gates is not None
+                else torch.zeros_like(selection.gates))
+    if selection.transition_window > 0 and bool((tr_gates > 0).any()):
+        tr_idx, tr_val = transition_table(data, selection.transition_window,
+                                          neighbours=neighbours, max_items=max_items)
+    else:
+        tr_idx = torch.zeros(data.n_items, 0, dtype=torch.long)
+        tr_val = torch.zeros(data.n_items, 0)
     with torch.no_grad():
         learner.ii_idx = idx
         learner.ii_val = val
         learner.gates.copy_(selection.gates)
+        learner.tr_idx = tr_idx
+        learner.tr_val = tr_val
+        learner.tr_gates.copy_(tr_gates if tr_idx.shape[1] else torch.zeros_like(tr_gates))
+        learner.item_pop.copy_(item_popularity(data))
+        if selection.pop_gates is not None:
+            learner.pop_gates.copy_(selection.pop_gates)
         if math.isfinite(level):
             learner.rating_level.fill_(level)
             learner.item_rating.copy_(offsets)
         learner.user_shrink.fill_(selection.user_shrink)
     learner.config.extra["ii_neighbours"] = int(idx.shape[1])
+    learner.config.extra["tr_neighbours"] = int(tr_idx.shape[1])
 
 
 def select(
@@ -363,7 +463,18 @@ def select(
         gate_report[str(GATE_EDGES[row])] = {
             "itemitem_weight": weight, "ndcg": values[ITEMITEM_WEIGHTS.index(weight)],
             "ndcg_core_alone": values[0], "users": int(users[row])}
-    # 3. rating shrinks, for MAE on the held-out users' later ratings
+    # 4. the transition channel on top of the chosen item-item mix: its window, then its weight
+    # per bucket (0 unless it helps by more than the tolerance)
+    window, tr_gates, tr_report, mixed = _select_transition(
+        probe, kept, batches, rows, personal, users, gates, spec, bank,
+        neighbours=neighbours, max_items=max_items, k=k, tolerance=tolerance)
+    # 5. the popularity channel on top of that: its weight per bucket
+    pop = item_baseline(bank.id_index, 0.0, item_popularity(kept))
+    pop_means = _weight_means(
+        batches, rows, users, mixed, personal, lambda cs: pop.expand(cs.seen.shape[0], -1),
+        TRANSITION_WEIGHTS, k)
+    pop_gates, pop_report = _per_bucket(pop_means, users, TRANSITION_WEIGHTS, tolerance)
+    # 6. rating shrinks, for MAE on the held-out users' later ratings
     maes = {}
     for item_shrink in ITEM_SHRINKS:
         level, offsets = rating_baseline(kept, item_shrink)
@@ -380,10 +491,89 @@ def select(
         "itemitem": {"chosen": spec.label(),
                      "ndcg": {c.label(): v for c, v in zip(candidates, overall, strict=True)}},
         "gates": gate_report,
+        "transition": tr_report,
+        "popularity": pop_report,
         "rating": {"item_shrink": item_shrink, "user_shrink": user_shrink,
                    "mae": finite.get((item_shrink, user_shrink), math.nan)},
     }
-    return Selection(spec, gates, item_shrink, user_shrink, report)
+    return Selection(spec, gates, item_shrink, user_shrink, report, window, tr_gates, pop_gates)
+
+
+def _weight_means(
+    batches: Sequence[tuple[int, object]], rows: Sequence[int], users: Tensor,
+    mixed: Sequence[Tensor], personal: Sequence[Tensor], channel: object,
+    weights: Sequence[float], k: int,
+) -> Tensor:
+    """Held-out NDCG@k per (bucket, weight) of ``mixed + weight · channel`` (standardised
+    against the core's score), ``channel(cs)`` giving the channel's (B, N) scores."""
+    sums = torch.zeros(len(GATE_EDGES), len(weights), dtype=torch.float64)
+    for b, (row, (_, cs)) in enumerate(zip(rows, batches, strict=True)):
+        ch = channel(cs)  # type: ignore[operator]
+        for w, weight in enumerate(weights):
+            scores = combine(torch.full((ch.shape[0],), weight), mixed[b], ch,
+                             reference=personal[b])
+            sums[row, w] += float(_ndcg(scores, cs, k).sum())
+    return sums / users.clamp(min=1)[:, None]
+
+
+def _per_bucket(
+    means: Tensor, users: Tensor, weights: Sequence[float], tolerance: float
+) -> tuple[Tensor, dict[str, object]]:
+    """Each bucket's weight (the first within ``tolerance`` of the best; buckets without
+    held-out users get 0) and the evidence."""
+    gates = torch.zeros(len(GATE_EDGES))
+    report: dict[str, object] = {}
+    for row in range(len(GATE_EDGES)):
+        if users[row] == 0:
+            continue
+        values = means[row].tolist()
+        weight = _pick(weights, values, tolerance)
+        gates[row] = weight
+        report[str(GATE_EDGES[row])] = {"weight": weight,
+                                        "ndcg": values[list(weights).index(weight)],
+                                        "ndcg_without": values[0]}
+    return gates, report
+
+
+def _select_transition(
+    probe: HybridLearner, kept: Interactions, batches: Sequence[tuple[int, object]],
+    rows: Sequence[int], personal: Sequence[Tensor], users: Tensor, gates: Tensor,
+    spec: ItemItemSpec, bank: ItemBank, *, neighbours: int, max_items: int, k: int,
+    tolerance: float,
+) -> tuple[int, Tensor, dict[str, object], list[Tensor]]:
+    """The transition window and its weight per bucket, on top of the core + item-item mix
+    that ``gates`` give, and the held-out scores of the mix with the chosen channel;
+    window 0 and zero weights when the data hold no sequences or the channel does not help."""
+    idx, val = bank_table(bank.id_index, *itemitem_table(
+        kept, spec, neighbours=neighbours, max_items=max_items))
+    mixed = [combine(gates[row].expand(personal[b].shape[0]), personal[b],
+                     _ii_scores(idx, val, cs))
+             for b, (row, (_, cs)) in enumerate(zip(rows, batches, strict=True))]
+    zeros = torch.zeros_like(gates)
+    if kept.seq_items.numel() < 2:
+        return 0, zeros, {"chosen": 0}, mixed
+    tables, means = [], []
+    for window in TRANSITION_WINDOWS:
+        table = bank_table(bank.id_index, *transition_table(
+            kept, window, neighbours=neighbours, max_items=max_items))
+        tables.append(table)
+        means.append(_weight_means(batches, rows, users, mixed, personal,
+                                   lambda cs, t=table: _ii_scores(*t, cs),
+                                   TRANSITION_WEIGHTS, k))
+    overall = [float((m.max(1).values * users).sum() / users.sum()) for m in means]
+    t_best = TRANSITION_WINDOWS.index(_pick(TRANSITION_WINDOWS, overall, tolerance))
+    tr_gates, gate_report = _per_bucket(means[t_best], users, TRANSITION_WEIGHTS, tolerance)
+    report: dict[str, object] = {
+        "chosen": TRANSITION_WINDOWS[t_best],
+        "ndcg": {str(w): v for w, v in zip(TRANSITION_WINDOWS, overall, strict=True)},
+        "gates": gate_report}
+    if not bool((tr_gates > 0).any()):
+        return 0, zeros, report, mixed
+    tidx, tval = tables[t_best]
+    final = [combine(tr_gates[row].expand(mixed[b].shape[0]), mixed[b],
+                     _ii_scores(tidx, tval, cs), reference=personal[b])
+             for b, (row, (_, cs)) in enumerate(zip(rows, batches, strict=True))]
+    return TRANSITION_WINDOWS[t_best], tr_gates, report, final
 
 
 def _ii_scores(idx: Tensor, val: Tensor, cs: object) -> Tensor:
@@ -452,6 +642,7 @@ def interactions(histories: Sequence[object], to_vocab: Tensor, n_items: int) ->
         empty = torch.zeros(0, dtype=torch.long)
         return Interactions(empty, empty, torch.zeros(0), n_items)
     u, i, r = torch.cat(users), torch.cat(items), torch.cat(ratings)
+    seq_u, seq_i = u, i  # every event in time order, before the distinct pairs are taken
     key = u * max(n_items, 1) + i
     # last occurrence of each pair: reverse, take the first of each unique key
     order = torch.arange(key.numel() - 1, -1, -1)
@@ -459,9 +650,10 @@ def interactions(histories: Sequence[object], to_vocab: Tensor, n_items: int) ->
     first = torch.full((uniq.numel(),), key.numel(), dtype=torch.long)
     first.scatter_reduce_(0, inverse, torch.arange(key.numel()), reduce="amin")
     pick = order[first]
-    return Interactions(u[pick], i[pick], r[pick], n_items)
+    return Interactions(u[pick], i[pick], r[pick], n_items, seq_u, seq_i)
 
 
 __all__ = ["GATE_EDGES", "HybridLearner", "Interactions", "ItemItemSpec", "Selection",
            "bank_table", "bucket_of", "combine", "install", "interactions", "item_baseline",
-           "itemitem_table", "rating_baseline", "select"]
+           "item_popularity", "itemitem_table", "rating_baseline", "select",
+           "transition_table"]

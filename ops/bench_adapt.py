@@ -38,9 +38,9 @@ def _support(b: int, s: int, n_items: int, gen: torch.Generator) -> SupportBatch
 
 
 def _with_random_tables(learner: Learner, gen: torch.Generator) -> Learner:
-    """A hybrid's item-item table filled at random and switched on in every bucket (cost does
-    not depend on the values; an all-zero table would skip nothing either, but this is honest
-    about what serving a trained hybrid does)."""
+    """A hybrid's item-item and transition tables filled at random and switched on in every
+    bucket (cost does not depend on the values; an all-zero table would skip nothing either, but
+    this is honest about what serving a trained hybrid with both channels does)."""
     from models.hybrid import HybridLearner
 
     if isinstance(learner, HybridLearner) and learner.ii_idx.shape[1]:
@@ -49,6 +49,10 @@ def _with_random_tables(learner: Learner, gen: torch.Generator) -> Learner:
                                                generator=gen))
             learner.ii_val.copy_(torch.rand(learner.ii_val.shape, generator=gen))
             learner.gates.fill_(1.0)
+            learner.tr_idx = torch.randint(0, learner.ii_idx.shape[0], learner.ii_idx.shape,
+                                           generator=gen)
+            learner.tr_val = torch.rand(learner.ii_val.shape, generator=gen)
+            learner.tr_gates.fill_(0.5)
     return learner
 
 

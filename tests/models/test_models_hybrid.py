@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.base import create
+from models.base import ItemBank, LearnerConfig, create
 from models.checkpoint import load, save
 from models.hybrid import (
     GATE_EDGES,
@@ -19,8 +19,9 @@ from models.hybrid import (
     interactions,
     rating_baseline,
     select,
+    transition_table,
 )
-from models.training import cold_start_batches, meta_train
+from models.training import UserHistory, cold_start_batches, meta_train
 
 
 def test_buckets_follow_the_gate_edges() -> None:
@@ -126,3 +127,120 @@ def test_checkpoint_round_trip_serves_identically(fitted, planted, tools, tmp_pa
         state = learner.adapt(learner.init_state(torch.zeros(8, 4)), support, prep)
         out.append(learner.score(state, prep))
     torch.testing.assert_close(out[0], out[1])
+
+
+def test_transition_table_counts_what_follows_within_the_window() -> None:
+    # user 0: 0 1 2 3, user 1: 0 1 4; the user boundary (3 -> 0) is not a transition
+    data = Interactions(users=torch.tensor([0]), items=torch.tensor([0]),
+                        ratings=torch.tensor([math.nan]), n_items=5,
+                        seq_users=torch.tensor([0, 0, 0, 0, 1, 1, 1]),
+                        seq_items=torch.tensor([0, 1, 2, 3, 0, 1, 4]))
+    idx, val = transition_table(data, 1, neighbours=3, max_items=10)
+    dense = torch.zeros(5, 6).scatter_add_(1, idx, val)[:, :5]
+    # only items seen at least twice are modelled (0 and 1): 0 -> 1 twice, nothing else
+    assert dense[0, 1] == pytest.approx(2 / math.sqrt(2 * 2))
+    assert float(dense.sum()) == pytest.approx(float(dense[0, 1]))
+    data2 = Interactions(users=torch.tensor([0]), items=torch.tensor([0]),
+                         ratings=torch.tensor([math.nan]), n_items=3,
+                         seq_users=torch.tensor([0, 0, 0, 1, 1, 1]),
+                         seq_items=torch.tensor([0, 1, 2, 0, 1, 2]))
+    idx, val = transition_table(data2, 2, neighbours=2, max_items=10)
+    dense = torch.zeros(3, 4).scatter_add_(1, idx, val)[:, :3]
+    assert dense[0, 1] > 0 and dense[0, 2] > 0 and dense[1, 2] > 0  # forward, within 2
+    assert float(dense[1, 0]) == 0.0 and float(dense[2, 0]) == 0.0  # never backwards
+    idx, val = transition_table(data2, 1, neighbours=2, max_items=10)
+    dense = torch.zeros(3, 4).scatter_add_(1, idx, val)[:, :3]
+    assert float(dense[0, 2]) == 0.0  # two steps ahead is outside a window of 1
+
+
+def _walkers(rng: torch.Generator, n_users: int, n_items: int, length: int) -> list[UserHistory]:
+    """Users who walk a ring of items forwards (one or two steps at a time) from a random
+    start: what comes next is the item after the last one, which plain co-occurrence (symmetric)
+    cannot tell from the item before it."""
+    out = []
+    for _ in range(n_users):
+        start = int(torch.randint(n_items, (1,), generator=rng))
+        steps = torch.randint(1, 3, (length,), generator=rng).cumsum(0) - 1
+        items = (start + steps) % n_items
+        out.append(UserHistory(items=items, targets=torch.ones(length),
+                               ratings=torch.full((length,), math.nan), profile=torch.zeros(4)))
+    return out
+
+
+def test_the_transition_channel_is_chosen_for_sequential_data_and_helps(tools, tmp_path) -> None:
+    torch.manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
+    n_items = 120
+    train, test = _walkers(rng, 300, n_items, 16), _walkers(rng, 80, n_items, 16)
+    bank = ItemBank(id_index=torch.arange(n_items), features=torch.randn(n_items, 8) * 0.1,
+                    popularity=torch.zeros(n_items))
+    config = LearnerConfig(n_items=n_items, feature_dim=8, attribute_dim=4, dim=16, seed=0,
+                           extra={"ii_neighbours": 16})
+    held, kept = train[:80], train[80:]
+    probe = create("hybrid", config)
+    meta_train(probe, kept, bank, steps=30, seed=0)
+    episodes = ((n, cs) for n in (1, 2, 3, 5, 8)
+                for cs in cold_start_batches(probe, held, bank, n))
+    selection = select(probe, interactions(kept, bank.id_index, n_items), episodes, bank,
+                       neighbours=16, max_items=500)
+    assert selection.transition_window > 0, selection.report["transition"]
+    assert selection.tr_gates is not None and bool((selection.tr_gates[1:5] > 0).all())
+    model = create("hybrid", config)
+    meta_train(model, train, bank, steps=30, seed=0)
+    install(model, interactions(train, bank.id_index, n_items), selection, neighbours=16,
+            max_items=500)
+    assert model.tr_idx.shape[1] > 0
+    prep = model.prepare(bank)
+    for n in (1, 3, 5):
+        support = tools.support_from(test, n)
+        state = model.adapt(model.init_state(torch.zeros(len(test), 4)), support, prep)
+        with_tr = tools.ndcg10(tools.mask_support(model.score(state, prep), support), test, n)
+        without = dict(state)
+        without.pop("tr")
+        alone = tools.ndcg10(tools.mask_support(model.score(without, prep), support), test, n)
+        assert with_tr > 1.1 * alone, (n, with_tr, alone)
+    # the channel survives a checkpoint: same tables, same gates, same scores
+    save(model, tmp_path / "v", vocab=[f"i{k}" for k in range(n_items)], version="v1")
+    loaded, _, _ = load(tmp_path / "v")
+    support = tools.support_from(test, 3)
+    out = []
+    for learner in (model, loaded):
+        p = learner.prepare(bank)
+        out.append(learner.score(learner.adapt(learner.init_state(torch.zeros(len(test), 4)),
+                                               support, p), p))
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_the_popularity_channel_mixes_by_bucket(fitted, planted, tools) -> None:
+    model, _ = fitted
+    users = planted.test[:6]
+    support = tools.support_from(users, 1)
+    pop_gates, item_pop = model.pop_gates.clone(), model.item_pop.clone()
+    try:
+        with torch.no_grad():
+            model.item_pop.copy_(torch.log1p(torch.as_tensor(planted.counts, dtype=torch.float32)))
+            model.pop_gates.zero_()
+        prep = model.prepare(planted.bank)
+        state = model.adapt(model.init_state(torch.zeros(6, 4)), support, prep)
+        without = model.score(state, prep)
+        with torch.no_grad():
+            model.pop_gates[1] = 2.0  # bucket of 1 event
+        with_pop = model.score(state, prep)
+        core = model.core.score(state, prep)
+        pop = prep["pop"].expand(6, -1)
+        # weight x (spread of the core / spread of the channel): the channel in the core's units
+        scale = 2.0 * core.std(1, unbiased=False) / pop.std(1, unbiased=False)
+        torch.testing.assert_close(with_pop, without + scale[:, None] * pop, rtol=1e-4,
+                                   atol=1e-4)
+        assert not torch.equal(with_pop.argsort(1), without.argsort(1))
+        # a user of another bucket is untouched
+        state5 = model.adapt(model.init_state(torch.zeros(6, 4)), tools.support_from(users, 5),
+                             prep)
+        before = model.score(state5, prep)
+        with torch.no_grad():
+            model.pop_gates[1] = 0.0
+        assert torch.equal(before, model.score(state5, prep))
+    finally:
+        with torch.no_grad():
+            model.pop_gates.copy_(pop_gates)
+            model.item_pop.copy_(item_pop)
