@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from schemas import Recommendation
+from schemas import RankedItems, Recommendation
 
 if TYPE_CHECKING:  # the recommender imports nothing from here; avoid the cycle at run time
     from engine.recommender import Recommender, Snapshot
@@ -47,6 +47,15 @@ LISTS: tuple[str, ...] = ("model", "popularity")
 
 ProfileLookup = Callable[[str], Mapping[str, Any] | None]
 PRIOR_CACHE_SIZE = 10_000  # distinct (domain, attributes) priors kept
+
+
+def _item_ids(rec: Recommendation, k: int) -> Sequence[str]:
+    """A recommendation's item ids, its first ``k``: the ranker's id column as it is (no
+    ``RecItem`` per item), else from the items."""
+    items = rec.items
+    if isinstance(items, RankedItems):
+        return items.ids[:k]
+    return [item.item_id for item in items[:k]]
 
 
 def bucket_of(sizes: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -295,9 +304,9 @@ class OnlineHits:
         model = np.full((len(recs), k), -1, dtype=np.int32)
         lengths = np.fromiter((min(k, len(r.items)) for r in recs), dtype=np.int64,
                               count=len(recs))
+        ids = chain.from_iterable(_item_ids(r, k) for r in recs)
         model[np.arange(k) < lengths[:, None]] = np.fromiter(
-            (index[item.item_id] for r in recs for item in r.items[:k]), dtype=np.int32,
-            count=int(lengths.sum()))
+            map(index.__getitem__, ids), dtype=np.int32, count=int(lengths.sum()))
         return np.stack([model, self.popularity.lists(recommender, snapshots)], axis=1)
 
     @staticmethod

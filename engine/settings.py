@@ -256,8 +256,12 @@ class Settings(BaseSettings):
     """Most events in one micro-batch."""
     # How long a micro-batch waits to fill before it is processed anyway. With 0.005 (was 0.02),
     # fetch_max_wait_ms 10 (was 50) and stream_buffer_events, p50 at 2,000 events/s through the
-    # embedded broker went from 72 to 38 ms (`kindling bench kafka`).
-    batch_within_s: Positive = 0.005
+    # embedded broker went from 72 to 38 ms (`kindling bench kafka`). Back at 0.02 since: events
+    # reach the agent through Faust's stream one at a time (~50 per 5 ms), so under load 0.005
+    # cut micro-batches at ~60 events and the per-batch model cost (init_state, adapt) was paid
+    # per 60; at 0.02 they hold ~200 and serving took ~30% less CPU per event, p99 at 50% of its
+    # capacity within a few ms of 0.005's (docs/throughput.md).
+    batch_within_s: Positive = 0.02
     """Longest wait for a micro-batch to fill (s)."""
     # Events Faust may queue for the interactions agent. It stops fetching a partition once the
     # queue is 80% full and resumes at 40% of that; each resume costs a fetch round trip (up to

@@ -28,8 +28,8 @@ from typing import Any
 
 import faust
 import torch
-from faust.streams import _current_event
-from faust.types import EventT
+from faust.streams import _current_event, current_event
+from faust.types import TP, EventT
 
 from engine.bundle import ModelBundle, latest_version
 from engine.catalog import Catalog
@@ -70,24 +70,92 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 4 * 2**20, "max_write_buffer_number": 2,
 
 
 class TableAccess:
-    """What the serving path needs of a Faust table, without a read costing two RocksDB look-ups.
+    """What the serving path needs of a Faust table, without a read costing two RocksDB look-ups
+    and, for a ``batched`` table, without Faust's per-record write path.
 
     ``Table.get`` goes through ``__getitem__``, which first asks the store whether the key exists
     and then reads it: two RocksDB reads per hit. ``get`` here reads the table's store once (the
-    same partition rules: the current event's partition, else every local one). Writes are the
-    table's own, so every write still goes to the changelog."""
+    same partition rules: the current event's partition, else every local one).
 
-    __slots__ = ("table",)
+    Writes of a plain access are the table's own. A ``batched`` access holds each write (key,
+    value, and the partition of the current event, as Faust's ``Table.__setitem__`` takes it)
+    until :meth:`flush`, which writes them to the store with one RocksDB write batch per
+    partition and hands their changelog records straight to the producer: one send per record,
+    instead of Faust's promise object, buffer task, publish step and per-record persisted-offset
+    write (~14% of a serving worker's main-thread CPU in a profile). The returned awaitable
+    resolves once every record is in Kafka, and then records each changelog partition's newest
+    offset in the store, as Faust's ``_on_changelog_sent`` does per record, so recovery still
+    starts where the store is. Reads in between see the held values."""
 
-    def __init__(self, table: faust.Table) -> None:
+    __slots__ = ("table", "_held")
+
+    def __init__(self, table: faust.Table, *, batched: bool = False) -> None:
         self.table = table
+        self._held: dict[bytes, tuple[bytes, int]] | None = {} if batched else None
 
     def get(self, key: str | bytes, default: bytes | None = None) -> bytes | None:
+        if self._held:
+            held = self._held.get(key.encode() if isinstance(key, str) else key)
+            if held is not None:
+                return held[0]
         value = self.table.data.get(key)
         return default if value is None else value
 
     def __setitem__(self, key: str | bytes, value: bytes) -> None:
-        self.table[key] = value
+        if self._held is None:
+            self.table[key] = value
+            return
+        event = current_event()
+        if event is None:
+            raise RuntimeError("table write outside of an event (no partition to write to)")
+        # Keys as Faust's raw key serializer makes them (str -> UTF-8); one write per key wins.
+        key_b = key.encode() if isinstance(key, str) else key
+        self._held.pop(key_b, None)  # re-inserted last: changelog order = write order
+        self._held[key_b] = (value, event.message.partition)
+
+    async def flush(self, producer: Any) -> list[Any]:
+        """Write the held records to the store and send their changelog records; returns the
+        awaitables to gather before the batch is acked (empty when nothing was held)."""
+        held, table = self._held, self.table
+        if not held:
+            return []
+        self._held = {}
+        if table.app.in_transaction:  # exactly-once persists changelog offsets at commit
+            raise RuntimeError("a batched TableAccess serves at-least-once processing only")
+        store = table.data
+        batches: dict[int, Any] = {}
+        for key, (value, partition) in held.items():
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = _write_batch(store)
+            batch.put(key, value)
+            store._key_index[key] = partition  # noqa: SLF001 - what Store._set does per write
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)  # noqa: SLF001
+        topic = table.changelog_topic.get_topic_name()
+        sent = [await producer.send(topic, key, value, partition, None, None)
+                for key, (value, partition) in held.items()]
+        return [self._persist(store, topic, sent)]
+
+    @staticmethod
+    async def _persist(store: Any, topic: str, sent: list[Any]) -> None:
+        newest: dict[int, int] = {}
+        for meta in await asyncio.gather(*sent):
+            if meta.offset > newest.get(meta.partition, -1):
+                newest[meta.partition] = meta.offset
+        for partition, offset in newest.items():
+            store.set_persisted_offset(TP(topic, partition), offset)
+
+
+def _write_batch(store: Any) -> Any:
+    """A write batch for ``store``'s RocksDB binding, as Faust's ``apply_changelog_batch`` makes."""
+    if store.use_rocksdict:
+        import rocksdict
+
+        return rocksdict.WriteBatch(raw_mode=True)
+    import rocksdb  # pragma: no cover - faust's python-rocksdb binding
+
+    return rocksdb.WriteBatch()
 
 
 def _table_kwargs() -> dict[str, Any]:
@@ -201,7 +269,8 @@ class Kindling:
                                   help="per-user support sets (engine.support codec)")
         self.profiles = app.Table("users", partitions=s.partitions, **_table_kwargs(),
                                   help="per-user attribute JSON")
-        self.support_access = TableAccess(self.supports)
+        # Written once per user per micro-batch by the interactions agent, flushed in one go.
+        self.support_access = TableAccess(self.supports, batched=True)
         self.profile_access = TableAccess(self.profiles)
         # Bandit state (engine/exploration.py): item stats keyed "<partition>/<item>", see there.
         self.bandit_items = app.Table("bandit_items", partitions=s.partitions, **_table_kwargs(),
@@ -277,6 +346,9 @@ class Kindling:
             # to the partition of the user's own event (bind), never the batch's last one.
             snaps = self.recommender.apply_batch(interactions, self.support_access, offsets,
                                                  bind=_binder(stream, good))
+            # The batch's support records: in the store now, their changelog records delivered
+            # before the batch is acked (awaited with the recommendations).
+            pending.extend(await self.support_access.flush(self.app.producer))
             profiles: dict[str, dict[str, Any] | None] = {}
             for event, snap, offset in zip(good, snaps, offsets, strict=True):
                 if offset is not None and snap.watermark - offset > OFFSET_RESET_GAP:
