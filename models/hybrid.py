@@ -133,13 +133,13 @@ class HybridLearner(Learner):
             if n is None:
                 return personal
             row = bucket_of(n)
-            mixed = combine(self.gates[row], personal, state["ii"])
+            spread = _spread(personal)  # once: every channel is put in the core's units
+            mixed = combine(self.gates[row], personal, state["ii"], spread=spread)
             if "tr" in state:
-                mixed = combine(self.tr_gates[row], mixed, state["tr"], reference=personal)
+                mixed = combine(self.tr_gates[row], mixed, state["tr"], spread=spread)
             pop_w = self.pop_gates[row]
             if bool((pop_w > 0).any()):
-                mixed = combine(pop_w, mixed, prepared["pop"].expand_as(mixed),
-                                reference=personal)
+                mixed = combine(pop_w, mixed, prepared["pop"].expand_as(mixed), spread=spread)
             return mixed
 
     def predict_rating(self, state: State, prepared: State, items: Tensor) -> Tensor:
@@ -151,17 +151,18 @@ class HybridLearner(Learner):
 
 
 def combine(weights: Tensor, personal: Tensor, itemitem: Tensor,
-            reference: Tensor | None = None) -> Tensor:
+            reference: Tensor | None = None, spread: Tensor | None = None) -> Tensor:
     """``personal + w · (σ(ref) / σ(itemitem)) · itemitem`` per row (B, N), ``ref`` =
-    ``reference`` or ``personal``: ranks like ``z(ref) + w · z(itemitem)`` plus what ``personal``
-    already holds. Rows with ``w = 0`` (or a constant item-item row) are ``personal`` unchanged,
-    bit for bit."""
+    ``reference`` or ``personal`` (``spread``: ``σ(ref)`` already computed): ranks like
+    ``z(ref) + w · z(itemitem)`` plus what ``personal`` already holds. Rows with ``w = 0`` (or a
+    constant item-item row) are ``personal`` unchanged, bit for bit."""
     if not bool((weights > 0).any()):
         return personal
-    spread = _spread(itemitem)
-    base = _spread(personal if reference is None else reference)
-    scale = torch.where(spread > 1e-12, weights * base / spread.clamp(min=1e-12),
-                        torch.zeros_like(spread))
+    own = _spread(itemitem)
+    base = spread if spread is not None else _spread(personal if reference is None
+                                                     else reference)
+    scale = torch.where(own > 1e-12, weights * base / own.clamp(min=1e-12),
+                        torch.zeros_like(own))
     return torch.addcmul(personal, scale[:, None], itemitem)
 
 
