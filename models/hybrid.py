@@ -244,8 +244,9 @@ ITEMITEM_CANDIDATES: tuple[ItemItemSpec, ...] = (
 #: Windows of the transition table tried by :func:`select`: item ``j`` counts as following ``i``
 #: when it comes 1..window events later in the same user's history.
 TRANSITION_WINDOWS: tuple[int, ...] = (1, 3, 10)
-#: Weights of the transition channel tried per bucket (0 first: no channel unless it helps).
-TRANSITION_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+#: Weights of the transition and popularity channels tried per bucket (0 first: no channel
+#: unless it helps).
+CHANNEL_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
 #: Weights of the item-item channel tried per bucket, in order of preference: 0 is the core
 #: alone, kept unless another weight beats it by more than the tolerance.
 ITEMITEM_WEIGHTS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -436,45 +437,33 @@ def select(
     users = torch.zeros(n_buckets, dtype=torch.float64)
     for row, (_, cs) in zip(rows, batches, strict=True):
         users[row] += cs.seen.shape[0]
-    # 1. every table x item-item weight: NDCG@k summed per bucket
-    sums = torch.zeros(len(candidates), n_buckets, len(ITEMITEM_WEIGHTS), dtype=torch.float64)
-    for t, spec in enumerate(candidates):
-        idx, val = bank_table(bank.id_index, *itemitem_table(
+    # 1. every table x item-item weight: held-out NDCG@k per bucket
+    per_table = []
+    for spec in candidates:
+        table = bank_table(bank.id_index, *itemitem_table(
             kept, spec, neighbours=neighbours, max_items=max_items))
-        for b, (row, (_, cs)) in enumerate(zip(rows, batches, strict=True)):
-            itemitem = _ii_scores(idx, val, cs)
-            for w, weight in enumerate(ITEMITEM_WEIGHTS):
-                mixed = combine(torch.full((itemitem.shape[0],), weight), personal[b], itemitem)
-                sums[t, row, w] += float(_ndcg(mixed, cs, k).sum())
-    means = sums / users.clamp(min=1)[None, :, None]
+        per_table.append(_weight_means(batches, rows, users, personal, personal,
+                                       _scores_of(table), ITEMITEM_WEIGHTS, k))
+    means = torch.stack(per_table)
     # 2. the table whose best weights do best over all held-out episodes (one table is served)
-    overall = [float((means[t].max(1).values * users).sum() / users.sum())
-               for t in range(len(candidates))]
+    overall = [_overall(m, users) for m in means]
     t_best = candidates.index(_pick(candidates, overall, tolerance))
     spec = candidates[t_best]
     # 3. its weight per bucket (buckets without episodes keep the core alone)
-    gates = probe.gates.clone()
-    gate_report = {}
-    for row in range(n_buckets):
-        if users[row] == 0:
-            continue
-        values = means[t_best, row].tolist()
-        weight = _pick(ITEMITEM_WEIGHTS, values, tolerance)
-        gates[row] = weight
-        gate_report[str(GATE_EDGES[row])] = {
-            "itemitem_weight": weight, "ndcg": values[ITEMITEM_WEIGHTS.index(weight)],
-            "ndcg_core_alone": values[0], "users": int(users[row])}
+    gates, gate_report = _per_bucket(means[t_best], users, ITEMITEM_WEIGHTS, tolerance,
+                                     start=probe.gates, weight_key="itemitem_weight",
+                                     without_key="ndcg_core_alone")
     # 4. the transition channel on top of the chosen item-item mix: its window, then its weight
     # per bucket (0 unless it helps by more than the tolerance)
     window, tr_gates, tr_report, mixed = _select_transition(
-        probe, kept, batches, rows, personal, users, gates, spec, bank,
+        kept, batches, rows, personal, users, gates, spec, bank,
         neighbours=neighbours, max_items=max_items, k=k, tolerance=tolerance)
     # 5. the popularity channel on top of that: its weight per bucket
     pop = item_baseline(bank.id_index, 0.0, item_popularity(kept))
     pop_means = _weight_means(
         batches, rows, users, mixed, personal, lambda cs: pop.expand(cs.seen.shape[0], -1),
-        TRANSITION_WEIGHTS, k)
-    pop_gates, pop_report = _per_bucket(pop_means, users, TRANSITION_WEIGHTS, tolerance)
+        CHANNEL_WEIGHTS, k)
+    pop_gates, pop_report = _per_bucket(pop_means, users, CHANNEL_WEIGHTS, tolerance)
     # 6. rating shrinks, for MAE on the held-out users' later ratings
     maes = {}
     for item_shrink in ITEM_SHRINKS:
@@ -518,11 +507,12 @@ def _weight_means(
 
 
 def _per_bucket(
-    means: Tensor, users: Tensor, weights: Sequence[float], tolerance: float
+    means: Tensor, users: Tensor, weights: Sequence[float], tolerance: float, *,
+    start: Tensor | None = None, weight_key: str = "weight", without_key: str = "ndcg_without",
 ) -> tuple[Tensor, dict[str, object]]:
     """Each bucket's weight (the first within ``tolerance`` of the best; buckets without
-    held-out users get 0) and the evidence."""
-    gates = torch.zeros(len(GATE_EDGES))
+    held-out users keep ``start``'s, else 0) and the evidence."""
+    gates = torch.zeros(len(GATE_EDGES)) if start is None else start.clone()
     report: dict[str, object] = {}
     for row in range(len(GATE_EDGES)):
         if users[row] == 0:
@@ -530,14 +520,20 @@ def _per_bucket(
         values = means[row].tolist()
         weight = _pick(weights, values, tolerance)
         gates[row] = weight
-        report[str(GATE_EDGES[row])] = {"weight": weight,
+        report[str(GATE_EDGES[row])] = {weight_key: weight,
                                         "ndcg": values[list(weights).index(weight)],
-                                        "ndcg_without": values[0]}
+                                        without_key: values[0], "users": int(users[row])}
     return gates, report
 
 
+def _overall(means: Tensor, users: Tensor) -> float:
+    """Held-out NDCG@k over all episodes when every bucket takes its best weight (``means``:
+    bucket x weight)."""
+    return float((means.max(1).values * users).sum() / users.sum())
+
+
 def _select_transition(
-    probe: HybridLearner, kept: Interactions, batches: Sequence[tuple[int, object]],
+    kept: Interactions, batches: Sequence[tuple[int, object]],
     rows: Sequence[int], personal: Sequence[Tensor], users: Tensor, gates: Tensor,
     spec: ItemItemSpec, bank: ItemBank, *, neighbours: int, max_items: int, k: int,
     tolerance: float,
@@ -558,12 +554,11 @@ def _select_transition(
         table = bank_table(bank.id_index, *transition_table(
             kept, window, neighbours=neighbours, max_items=max_items))
         tables.append(table)
-        means.append(_weight_means(batches, rows, users, mixed, personal,
-                                   lambda cs, t=table: _ii_scores(*t, cs),
-                                   TRANSITION_WEIGHTS, k))
-    overall = [float((m.max(1).values * users).sum() / users.sum()) for m in means]
+        means.append(_weight_means(batches, rows, users, mixed, personal, _scores_of(table),
+                                   CHANNEL_WEIGHTS, k))
+    overall = [_overall(m, users) for m in means]
     t_best = TRANSITION_WINDOWS.index(_pick(TRANSITION_WINDOWS, overall, tolerance))
-    tr_gates, gate_report = _per_bucket(means[t_best], users, TRANSITION_WEIGHTS, tolerance)
+    tr_gates, gate_report = _per_bucket(means[t_best], users, CHANNEL_WEIGHTS, tolerance)
     report: dict[str, object] = {
         "chosen": TRANSITION_WINDOWS[t_best],
         "ndcg": {str(w): v for w, v in zip(TRANSITION_WINDOWS, overall, strict=True)},
@@ -575,6 +570,11 @@ def _select_transition(
                      _ii_scores(tidx, tval, cs), reference=personal[b])
              for b, (row, (_, cs)) in enumerate(zip(rows, batches, strict=True))]
     return TRANSITION_WINDOWS[t_best], tr_gates, report, final
+
+
+def _scores_of(table: tuple[Tensor, Tensor]) -> object:
+    """The channel function of a bank-row neighbour table, for :func:`_weight_means`."""
+    return lambda cs: _ii_scores(*table, cs)
 
 
 def _ii_scores(idx: Tensor, val: Tensor, cs: object) -> Tensor:
