@@ -493,6 +493,7 @@ def replay(
     split = _split(data, protocol, new_user_fraction, new_item_fraction, max_stream_events)
     meta.update(split["meta"])
     per_user: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, Runner] = {}
     for name in models:
         params = None
         if tune_baselines and is_baseline(name) and protocol in ("few-shot", "query-rank"):
@@ -500,7 +501,9 @@ def replay(
                                   support_sizes=support_sizes, new_user_fraction=new_user_fraction)
             meta.setdefault("tuning", {})[name] = tuned
             params = tuned["params"]
-        runner = make_runner(
+        donor = (_core_donor(name, fitted) if protocol in ("few-shot", "query-rank")
+                 and trace is None else None)
+        runner = (KindlingRunner.sharing_core(donor, name) if donor is not None else make_runner(
             name,
             data,
             _universe(data, split["train"]),
@@ -508,13 +511,14 @@ def replay(
             train_steps=train_steps,
             settings=settings,
             params=params,
-        )
+        ))
         if serve_via is not None and not is_baseline(name):
             runner = serve_via(runner, data)
         model_trace = None if trace is None else trace.setdefault(name, {})
         results[name], per_user[name] = _run(
             runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
         )
+        fitted[name] = runner
         latency[name] = latency_summary(runner.latencies_ms)
         samples[name] = list(runner.latencies_ms)
         meta["models"][name] = runner.info
@@ -527,6 +531,19 @@ def replay(
 
         meta["files"] = {k: str(v) for k, v in write_report(report, out_dir).items()}
     return report
+
+
+def _core_donor(name: str, fitted: Mapping[str, Runner]) -> KindlingRunner | None:
+    """A fitted composite learner (the ``hybrid``) whose core *is* learner ``name``, trained the
+    same way: ``train_bundle`` meta-trains the hybrid's core with the core's own recipe, seed and
+    recency calibration, so training ``name`` again would rebuild the same model (checked by
+    ``tests/evaluation/test_eval_replay.py``). None when there is no such donor."""
+    for runner in fitted.values():
+        if isinstance(runner, KindlingRunner) and runner.rec is not None:
+            core = getattr(runner.rec.bundle.learner, "core", None)
+            if core is not None and getattr(core, "name", None) == name:
+                return runner
+    return None
 
 
 def _split(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -176,6 +177,24 @@ class KindlingRunner:
         self.latencies_ms: list[float] = []
         self.info: dict[str, Any] = {"kind": "kindling"}
 
+    @classmethod
+    def sharing_core(cls, donor: KindlingRunner, name: str) -> KindlingRunner:
+        """A runner that serves ``donor``'s trained composite learner's core as learner ``name``
+        (same catalog, settings and seed): ``fit`` builds no model, it wraps the core in a copy
+        of the donor's bundle. Replay uses it so the quality matrix trains the hybrid's core
+        once instead of training an identical ``fomaml`` a second time."""
+        runner = cls.__new__(cls)
+        runner.name = name
+        runner.settings = donor.settings
+        runner.featurizer, runner.catalog = donor.featurizer, donor.catalog
+        runner.profiles = donor.profiles
+        runner.steps, runner.seed, runner.batch_size = donor.steps, donor.seed, donor.batch_size
+        runner.rec = None
+        runner.latencies_ms = []
+        runner.info = {"kind": "kindling", "core_of": donor.name}
+        runner._donor = donor
+        return runner
+
     def profile_of(self, user_id: str) -> Mapping[str, Any] | None:
         return self.profiles.get(user_id)
 
@@ -183,6 +202,14 @@ class KindlingRunner:
         from engine.recommender import Recommender
         from engine.trainer import train_bundle
 
+        donor = getattr(self, "_donor", None)
+        if donor is not None:
+            core = donor.rec.bundle.learner.core
+            self.info.update(fit_seconds=0.0, train={
+                k: v for k, v in donor.info.get("train", {}).items() if k != "hybrid"})
+            self.rec = Recommender(self.settings, replace(donor.rec.bundle, learner=core),
+                                   self.catalog, self.featurizer)
+            return
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)
         bundle, report = train_bundle(

@@ -141,3 +141,18 @@ def test_unknown_model_and_protocol(log: Any) -> None:
         replay(log, models=["nope"], progress=False)
     with pytest.raises(ValueError):
         replay(log, protocol="nope", models=["random"], progress=False)
+
+
+def test_fomaml_is_served_from_the_hybrids_core_and_equals_a_separate_training() -> None:
+    """The matrix trains ``hybrid`` and reports its core as ``fomaml`` instead of training the
+    same model twice: that is only honest if a separately trained ``fomaml`` gives the same
+    results, which this checks."""
+    small = generate(120, 150, 4, (5, 20), seed=3)
+    kwargs: dict[str, Any] = dict(protocol="few-shot", support_sizes=(1, 3), train_steps=20,
+                                  progress=False, seed=2)
+    shared = replay(small, models=["hybrid", "fomaml"], **kwargs)
+    alone = replay(small, models=["fomaml"], **kwargs)
+    assert shared["meta"]["models"]["fomaml"]["core_of"] == "hybrid"
+    assert shared["meta"]["models"]["fomaml"]["fit_seconds"] == 0.0
+    assert shared["results"]["fomaml"] == alone["results"]["fomaml"]
+    assert shared["results"]["fomaml"] != shared["results"]["hybrid"]
