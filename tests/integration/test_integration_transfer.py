@@ -30,7 +30,7 @@ from ops.process import WorkerProcess
 from schemas import Item, RecommendationRequest
 from streams.broker import embedded_worker_settings
 from streams.domains import read_douban_ratings
-from streams.kafka import EventProducer, consume
+from streams.kafka import EventProducer
 from streams.topics import ensure_topics
 from workers.requests import send_request
 
@@ -59,7 +59,7 @@ def douban_slice():
 
 
 def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
-        broker, tmp_path: Path, wait_for):
+        broker, tmp_path: Path, wait_for, read_until):
     torch.set_num_threads(1)
     stream, newcomer, reads = douban_slice()
     settings = embedded_worker_settings(
@@ -88,20 +88,23 @@ def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
             producer.interactions(reads)
             producer.flush()
             last = reads[-1].event_id
-            wait_for(lambda: any(json.loads(v)["source_event_id"] == last for _, v in consume(
-                settings, settings.topic("recommendations"), idle_timeout_s=2)), 60,
+            applied = read_until(
+                settings, settings.topic("recommendations"),
+                lambda got: any(json.loads(v)["source_event_id"] == last for _, v in got), 60,
+                linger_s=0)
+            assert any(json.loads(v)["source_event_id"] == last for _, v in applied), (
                 "the newcomer's last book applied")
             send_request(producer, settings, RecommendationRequest("q-new", newcomer, "music"))
             send_request(producer, settings, RecommendationRequest("q-nobody", "nobody", "music"))
 
-            def answers() -> dict[str, dict]:
-                recs = (json.loads(v) for _, v in consume(
-                    settings, settings.topic("recommendations"), idle_timeout_s=2))
-                out = {r["source_event_id"]: r for r in recs
-                       if r["source_event_id"].startswith("q-")}
-                return out if len(out) == 2 else {}
+            def answers(records) -> dict[str, dict]:
+                recs = (json.loads(v) for _, v in records)
+                return {r["source_event_id"]: r for r in recs
+                        if r["source_event_id"].startswith("q-")}
 
-            got = wait_for(answers, 60, "two answers")
+            got = answers(read_until(settings, settings.topic("recommendations"),
+                                     lambda records: len(answers(records)) == 2, 60))
+            assert len(got) == 2, f"two answers: {sorted(got)}"
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(400000), worker.tail()
