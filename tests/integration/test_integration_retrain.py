@@ -82,7 +82,9 @@ def test_retrain_rejects_worse_promotes_better_and_hot_swaps(
             promoted = wait_for(
                 lambda: [o for o in read_outcomes(settings.data_dir) if o["promoted"]], 120,
                 "a promoted retrain")[0]
-            time.sleep(3)  # the model watcher polls every 2 s
+            # the model watcher (polls every 2 s) hot-swaps before the redelivered events
+            wait_for(lambda: f"-> {promoted['version']}" in worker.tail(10**8), 30,
+                     "the hot swap")
             producer.interactions(second[-50:])  # redelivered: re-ranked by the new model
         # every event of phase 2 answered, the 50 redelivered ones a second time
         wanted = {e.event_id for e in second}
