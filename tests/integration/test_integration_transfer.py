@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -84,7 +83,9 @@ def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
             wait_for(lambda: [o for o in read_outcomes(settings.data_dir)
                               if o["users"] == SLICE_USERS], 90, "a retrain of the whole slice")
             promoted = [o for o in read_outcomes(settings.data_dir) if o["promoted"]][-1]
-            time.sleep(3.0)  # the model watcher polls every 2 s
+            # the model watcher (polls every 2 s) serves it before the newcomer's events
+            wait_for(lambda: f"-> {promoted['version']}" in worker.tail(10**8), 30,
+                     "the promoted model served")
             producer.interactions(reads)
             producer.flush()
             last = reads[-1].event_id
