@@ -45,14 +45,23 @@ def _settings(broker, tmp_path: Path, name: str) -> Settings:
     )
 
 
-def _trained(settings: Settings):
+@pytest.fixture(scope="module")
+def warm_model(broker, tmp_path_factory):
+    """The synthetic log, its 40 warm users and a model trained on them: trained once for the
+    module (~8 s); the tests only save it into their own data dirs."""
+    settings = _settings(broker, tmp_path_factory.mktemp("warm"), "warm")
     data = generate(n_users=240, n_items=300, events_per_user=(25, 40), seed=3)
     catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
     catalog.upsert(data.items)
     warm_users = sorted({e.user_id for e in data.events})[:40]
     warm = [e for e in data.events if e.user_id in set(warm_users)]
-    save_bundle(train_bundle(settings, warm, catalog, steps=40).bundle, settings.data_dir)
-    return data, set(warm_users)
+    return data, set(warm_users), train_bundle(settings, warm, catalog, steps=40).bundle
+
+
+def _trained(settings: Settings, warm_model):
+    data, warm_users, bundle = warm_model
+    save_bundle(bundle, settings.data_dir)
+    return data, warm_users
 
 
 def _stream(
@@ -68,10 +77,10 @@ def _stream(
 
 
 def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(
-    broker, tmp_path, read_until
+    broker, tmp_path, read_until, warm_model
 ):
     settings = _settings(broker, tmp_path, "spine")
-    data, warm = _trained(settings)
+    data, warm = _trained(settings, warm_model)
     events = _stream(data, warm)
     ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
@@ -124,10 +133,10 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(
 
 
 def test_restart_recovers_support_sets_and_never_applies_an_event_twice(
-    broker, tmp_path, read_until
+    broker, tmp_path, read_until, warm_model
 ):
     settings = _settings(broker, tmp_path, "restart")
-    data, warm = _trained(settings)
+    data, warm = _trained(settings, warm_model)
     events = _stream(data, warm, n_users=40, per_user=25)
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     ensure_topics(settings)
