@@ -38,6 +38,51 @@ def wait_for():
     return _wait_for
 
 
+def _read_until(settings, topic: str, done, timeout_s: float, linger_s: float = 2.0):
+    """``[(key, value)]`` of ``topic`` from the beginning (all partitions, no group): read until
+    ``done(records)`` holds, then on until ``linger_s`` passes without a new record, so a stray
+    extra (a duplicate, a second letter) arriving just after still shows up in the caller's
+    checks. Gives up after ``timeout_s`` and returns what it has: the caller's assertions then
+    say what is missing. Replaces fixed long idle timeouts (``consume(idle_timeout_s=40)``) that
+    waited the whole timeout after the last record."""
+    import time
+
+    from kafka import KafkaConsumer
+
+    from streams.topics import client_config
+
+    consumer = KafkaConsumer(
+        topic, **client_config(settings), group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=max(500, settings.fetch_max_wait_ms))
+    records: list[tuple[bytes | None, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    finished_at = None
+    try:
+        while True:
+            got = False
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend((m.key, m.value) for m in batch)
+                got = got or bool(batch)
+            now = time.monotonic()
+            if finished_at is None:
+                if done(records):
+                    finished_at = now
+                elif now > deadline:
+                    return records
+            elif got:
+                finished_at = now
+            elif now - finished_at >= linger_s:
+                return records
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def read_until():
+    """``read_until(settings, topic, done, timeout_s, linger_s=2.0)``: see ``_read_until``."""
+    return _read_until
+
+
 def _online_reference(rec, events, profile_of=None, supports=None):
     """Online hit@K computed the plain way, one event at a time through ``Recommender.apply`` and
     ``rank``: for each fresh event, is its item in the list published after the user's previous

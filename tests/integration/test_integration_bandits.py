@@ -15,13 +15,15 @@ from evaluation.synthetic import generate
 from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
-from streams.kafka import EventProducer, consume
+from streams.kafka import EventProducer
 from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 
-def test_explore_slots_and_their_statistics_flow_through_the_worker(broker, tmp_path: Path):
+def test_explore_slots_and_their_statistics_flow_through_the_worker(
+    broker, tmp_path: Path, read_until
+):
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-bandits",
         topic_prefix=f"it-bandits-{uuid.uuid4().hex[:6]}.",
@@ -48,10 +50,13 @@ def test_explore_slots_and_their_statistics_flow_through_the_worker(broker, tmp_
                    "kind": "rate", "value": 9.0}
             producer.send_raw(settings.topic("interactions"), users[0].encode(),
                               json.dumps(bad).encode())
-        recs = [json.loads(v) for _, v in consume(
-            settings, settings.topic("recommendations"), idle_timeout_s=20, deadline_s=120)]
-        dead = [json.loads(v) for _, v in consume(settings, settings.topic("dlq"),
-                                                 idle_timeout_s=5)]
+        wanted = {e.event_id for e in events}
+        recs = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("recommendations"),
+            lambda got: len(got) >= len(wanted)
+            and wanted <= {json.loads(v)["source_event_id"] for _, v in got}, 120)]
+        dead = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("dlq"), lambda got: len(got) >= 1, 60)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
@@ -65,22 +70,23 @@ def test_explore_slots_and_their_statistics_flow_through_the_worker(broker, tmp_
 
     # The tables' changelogs (what RocksDB restores from) hold exactly the statistics the
     # events imply, keyed per partition; the bad rating left no trace.
-    items: dict[bytes, bytes] = {}
-    for key, value in consume(settings, f"{settings.app_id}-bandit_items-changelog",
-                              idle_timeout_s=5):
-        items[key] = value
     expected: dict[bytes, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in events:
         key = item_key(stats_partition(e.user_id, settings.partitions), e.item_id)
         expected[key][0] += 1
         expected[key][1] += e.reward()
+    items: dict[bytes, bytes] = {}
+    for key, value in read_until(settings, f"{settings.app_id}-bandit_items-changelog",
+                                 lambda got: {k for k, _ in got} >= set(expected), 30):
+        items[key] = value
     assert set(items) == set(expected)
     for key, (n, total) in expected.items():
         got_n, got_total, _ = decode_item_stats(items[key])
         assert got_n == n and got_total == pytest.approx(total), key
     user_stats: dict[bytes, bytes] = {}
-    for key, value in consume(settings, f"{settings.app_id}-bandit_users-changelog",
-                              idle_timeout_s=5):
+    for key, value in read_until(settings, f"{settings.app_id}-bandit_users-changelog",
+                                 lambda got: {k for k, _ in got} >= {u.encode() for u in users},
+                                 30):
         user_stats[key] = value
     shown = defaultdict(int)
     for r in recs:

@@ -38,22 +38,21 @@ NEW = Item("brand-new", title="Starship war against alien robots in deep space",
            text="science fiction space opera")
 
 
-def _vector_keys(settings: Settings) -> list[bytes]:
-    return [k for k, _ in consume(settings, f"{settings.app_id}-item_vectors-changelog",
-                                  idle_timeout_s=3, deadline_s=20)]
+def _wait_cached(read_until, settings: Settings, key: bytes, count: int,
+                 timeout: float = 60.0) -> list[bytes]:
+    """The vector cache's changelog keys once ``key`` is there ``count`` times (and 2 s on:
+    a stray re-encoding shows up in the counts)."""
+    keys = [k for k, _ in read_until(
+        settings, f"{settings.app_id}-item_vectors-changelog",
+        lambda got: [k for k, _ in got].count(key) >= count, timeout)]
+    if keys.count(key) < count:
+        raise AssertionError(f"{key!r} cached {keys.count(key)} times, expected {count}")
+    return keys
 
 
-def _wait_cached(settings: Settings, key: bytes, count: int, timeout: float = 60.0) -> list[bytes]:
-    deadline = time.monotonic() + timeout
-    keys: list[bytes] = []
-    while time.monotonic() < deadline:
-        keys = _vector_keys(settings)
-        if keys.count(key) >= count:
-            return keys
-    raise AssertionError(f"{key!r} cached {keys.count(key)} times, expected {count}")
-
-
-def test_new_item_is_recommended_after_one_matching_event(broker, tmp_path: Path) -> None:
+def test_new_item_is_recommended_after_one_matching_event(
+    broker, tmp_path: Path, read_until
+) -> None:
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=2, app_id="it-newitems",
         topic_prefix=f"it-newitems-{uuid.uuid4().hex[:6]}.",
@@ -66,11 +65,11 @@ def test_new_item_is_recommended_after_one_matching_event(broker, tmp_path: Path
             for i, title in enumerate(FILLER):
                 producer.item(Item(f"f{i:02d}", title=title))
             producer.item(SEEN)
-        _wait_cached(settings, SEEN.item_id.encode(), 1)
+        _wait_cached(read_until, settings, SEEN.item_id.encode(), 1)
         with EventProducer(settings) as producer:  # the new item arrives while serving
             producer.item(NEW)
             producer.item(NEW)  # same content again: must not be re-encoded
-        _wait_cached(settings, NEW.item_id.encode(), 1)
+        _wait_cached(read_until, settings, NEW.item_id.encode(), 1)
         with EventProducer(settings) as producer:
             producer.interaction(Interaction("e1", "fan", SEEN.item_id, "click", 1.0, time.time()))
         recs = [json.loads(v) for _, v in consume(
@@ -79,7 +78,7 @@ def test_new_item_is_recommended_after_one_matching_event(broker, tmp_path: Path
         changed = Item(NEW.item_id, title=NEW.title + " (director's cut)", text=NEW.text)
         with EventProducer(settings) as producer:
             producer.item(changed)
-        keys = _wait_cached(settings, NEW.item_id.encode(), 2)
+        keys = _wait_cached(read_until, settings, NEW.item_id.encode(), 2)
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from evaluation.synthetic import planted_item as item
 from ops.process import WorkerProcess
 from schemas import Interaction, Item, RecommendationRequest
 from streams.broker import embedded_worker_settings
-from streams.kafka import EventProducer, consume
+from streams.kafka import EventProducer
 from streams.topics import ensure_topics
 from workers.requests import send_request
 
@@ -38,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 
 
-def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path, wait_for):
+def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path, read_until):
     torch.set_num_threads(1)
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-requests",
@@ -65,13 +64,13 @@ def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path,
                     for j in range(PER_GROUP):
                         producer.item(Item(item(domain, g, j), domain))
             producer.flush()
-            time.sleep(2.0)  # the items agent loads the catalog first
+            worker.wait_for_catalog(2 * 4 * PER_GROUP)  # the items agent loads the catalog first
             producer.interactions(reads)
             producer.flush()
             # every read applied (its event-driven recommendation is out) before asking
-            wait_for(lambda: len([r for _, r in consume(
-                settings, settings.topic("recommendations"), idle_timeout_s=2)]) >= len(reads),
-                60, "the readers' recommendations")
+            applied = read_until(settings, settings.topic("recommendations"),
+                                 lambda got: len(got) >= len(reads), 60, linger_s=0)
+            assert len(applied) >= len(reads), "the readers' recommendations"
             for user in readers:
                 send_request(producer, settings, RecommendationRequest(f"q-{user}", user, TARGET))
             send_request(producer, settings, RecommendationRequest("q-nobody", "nobody", TARGET))
@@ -84,21 +83,16 @@ def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path,
             timeout=120)
         assert cli.returncode == 0, cli.stdout + cli.stderr
         by_cli = json.loads(cli.stdout)
-        def read_answers() -> dict[str, dict]:
-            recs = (json.loads(v) for _, v in consume(
-                settings, settings.topic("recommendations"), idle_timeout_s=2))
-            out = {r["source_event_id"]: r for r in recs if r["source_event_id"].startswith("q-")}
-            return out if len(out) >= 3 else {}
+        def answers_in(got) -> dict[str, dict]:
+            recs = (json.loads(v) for _, v in got)
+            return {r["source_event_id"]: r for r in recs if r["source_event_id"].startswith("q-")}
 
-        def read_letters() -> list[dict]:
-            out = [json.loads(v) for _, v in consume(settings, settings.topic("dlq"),
-                                                     idle_timeout_s=2)]
-            return out if len(out) >= 2 else []
-
-        wait_for(read_answers, 60, "three answers")
-        wait_for(read_letters, 30, "two dead letters")
-        time.sleep(2.0)  # a stray extra answer or letter would show up in the checks below
-        answers, letters = read_answers(), read_letters()
+        # read on 2 s past the three answers and the two letters: a stray extra answer or
+        # letter shows up in the checks below
+        answers = answers_in(read_until(settings, settings.topic("recommendations"),
+                                        lambda got: len(answers_in(got)) >= 3, 60))
+        letters = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("dlq"), lambda got: len(got) >= 2, 30)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(400000), worker.tail()

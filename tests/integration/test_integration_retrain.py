@@ -19,7 +19,7 @@ from engine.trainer import save_bundle, train_bundle
 from evaluation.synthetic import generate
 from ops.process import WorkerProcess
 from streams.broker import embedded_worker_settings
-from streams.kafka import EventProducer, consume
+from streams.kafka import EventProducer
 from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,9 @@ pytestmark = pytest.mark.integration
 
 
 
-def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: Path, wait_for):
+def test_retrain_rejects_worse_promotes_better_and_hot_swaps(
+    broker, tmp_path: Path, wait_for, read_until
+):
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-retrain",
         topic_prefix=f"it-retrain-{uuid.uuid4().hex[:6]}.",
@@ -80,10 +82,16 @@ def test_retrain_rejects_worse_promotes_better_and_hot_swaps(broker, tmp_path: P
             promoted = wait_for(
                 lambda: [o for o in read_outcomes(settings.data_dir) if o["promoted"]], 120,
                 "a promoted retrain")[0]
-            time.sleep(3)  # the model watcher polls every 2 s
+            # the model watcher (polls every 2 s) hot-swaps before the redelivered events
+            wait_for(lambda: f"-> {promoted['version']}" in worker.tail(10**8), 30,
+                     "the hot swap")
             producer.interactions(second[-50:])  # redelivered: re-ranked by the new model
-        recs = [json.loads(v) for _, v in consume(
-            trained, trained.topic("recommendations"), idle_timeout_s=10, deadline_s=120)]
+        # every event of phase 2 answered, the 50 redelivered ones a second time
+        wanted = {e.event_id for e in second}
+        recs = [json.loads(v) for _, v in read_until(
+            trained, trained.topic("recommendations"),
+            lambda got: len(got) >= len(second) + 50
+            and wanted <= {json.loads(v)["source_event_id"] for _, v in got}, 120)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(400000), worker.tail()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from ops.process import WorkerProcess
 from schemas import Item, RecommendationRequest
 from streams.broker import embedded_worker_settings
 from streams.domains import read_douban_ratings
-from streams.kafka import EventProducer, consume
+from streams.kafka import EventProducer
 from streams.topics import ensure_topics
 from workers.requests import send_request
 
@@ -59,7 +58,7 @@ def douban_slice():
 
 
 def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
-        broker, tmp_path: Path, wait_for):
+        broker, tmp_path: Path, wait_for, read_until):
     torch.set_num_threads(1)
     stream, newcomer, reads = douban_slice()
     settings = embedded_worker_settings(
@@ -84,24 +83,29 @@ def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
             wait_for(lambda: [o for o in read_outcomes(settings.data_dir)
                               if o["users"] == SLICE_USERS], 90, "a retrain of the whole slice")
             promoted = [o for o in read_outcomes(settings.data_dir) if o["promoted"]][-1]
-            time.sleep(3.0)  # the model watcher polls every 2 s
+            # the model watcher (polls every 2 s) serves it before the newcomer's events
+            wait_for(lambda: f"-> {promoted['version']}" in worker.tail(10**8), 30,
+                     "the promoted model served")
             producer.interactions(reads)
             producer.flush()
             last = reads[-1].event_id
-            wait_for(lambda: any(json.loads(v)["source_event_id"] == last for _, v in consume(
-                settings, settings.topic("recommendations"), idle_timeout_s=2)), 60,
+            applied = read_until(
+                settings, settings.topic("recommendations"),
+                lambda got: any(json.loads(v)["source_event_id"] == last for _, v in got), 60,
+                linger_s=0)
+            assert any(json.loads(v)["source_event_id"] == last for _, v in applied), (
                 "the newcomer's last book applied")
             send_request(producer, settings, RecommendationRequest("q-new", newcomer, "music"))
             send_request(producer, settings, RecommendationRequest("q-nobody", "nobody", "music"))
 
-            def answers() -> dict[str, dict]:
-                recs = (json.loads(v) for _, v in consume(
-                    settings, settings.topic("recommendations"), idle_timeout_s=2))
-                out = {r["source_event_id"]: r for r in recs
-                       if r["source_event_id"].startswith("q-")}
-                return out if len(out) == 2 else {}
+            def answers(records) -> dict[str, dict]:
+                recs = (json.loads(v) for _, v in records)
+                return {r["source_event_id"]: r for r in recs
+                        if r["source_event_id"].startswith("q-")}
 
-            got = wait_for(answers, 60, "two answers")
+            got = answers(read_until(settings, settings.topic("recommendations"),
+                                     lambda records: len(answers(records)) == 2, 60))
+            assert len(got) == 2, f"two answers: {sorted(got)}"
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(400000), worker.tail()

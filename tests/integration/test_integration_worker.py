@@ -45,14 +45,23 @@ def _settings(broker, tmp_path: Path, name: str) -> Settings:
     )
 
 
-def _trained(settings: Settings):
+@pytest.fixture(scope="module")
+def warm_model(broker, tmp_path_factory):
+    """The synthetic log, its 40 warm users and a model trained on them: trained once for the
+    module (~8 s); the tests only save it into their own data dirs."""
+    settings = _settings(broker, tmp_path_factory.mktemp("warm"), "warm")
     data = generate(n_users=240, n_items=300, events_per_user=(25, 40), seed=3)
     catalog = Catalog(HashingFeaturizer(settings.feature_dim, settings.attribute_dim))
     catalog.upsert(data.items)
     warm_users = sorted({e.user_id for e in data.events})[:40]
     warm = [e for e in data.events if e.user_id in set(warm_users)]
-    save_bundle(train_bundle(settings, warm, catalog, steps=40).bundle, settings.data_dir)
-    return data, set(warm_users)
+    return data, set(warm_users), train_bundle(settings, warm, catalog, steps=40).bundle
+
+
+def _trained(settings: Settings, warm_model):
+    data, warm_users, bundle = warm_model
+    save_bundle(bundle, settings.data_dir)
+    return data, warm_users
 
 
 def _stream(
@@ -67,9 +76,11 @@ def _stream(
     return sorted((e for u in users for e in per[u]), key=lambda e: e.ts)
 
 
-def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp_path):
+def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(
+    broker, tmp_path, read_until, warm_model
+):
     settings = _settings(broker, tmp_path, "spine")
-    data, warm = _trained(settings)
+    data, warm = _trained(settings, warm_model)
     events = _stream(data, warm)
     ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
@@ -86,10 +97,14 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
                     producer.send_raw(settings.topic("interactions"), event.user_id.encode(), raw)
             for raw, _ in MALFORMED:
                 producer.send_raw(settings.topic("interactions"), b"u-bad", raw)
-        recs = [json.loads(v) for _, v in consume(
-            settings, settings.topic("recommendations"), idle_timeout_s=40, deadline_s=240)]
-        dead = [json.loads(v)
-                for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
+        wanted = {e.event_id for e in events}
+        n_bad = len(MALFORMED) + len(range(0, len(events), 625))
+        recs = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("recommendations"),
+            lambda got: len(got) >= len(wanted)
+            and wanted <= {json.loads(v)["source_event_id"] for _, v in got}, 240)]
+        dead = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("dlq"), lambda got: len(got) >= n_bad, 60)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
@@ -108,7 +123,6 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
         assert rec["model_version"].startswith("v1-")
     scores = {tuple(round(i["score"], 4) for i in r["items"]) for r in recs}
     assert len(scores) > len(recs) // 2, "scores look constant across users"
-    n_bad = len(MALFORMED) + len(range(0, len(events), 625))
     assert len(dead) == n_bad
     for letter in dead:
         assert letter["reason"] and letter["topic"] == settings.topic("interactions")
@@ -118,9 +132,11 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(broker, tmp
         assert expected in reasons, f"no dead letter says {expected!r}: {reasons}"
 
 
-def test_restart_recovers_support_sets_and_never_applies_an_event_twice(broker, tmp_path):
+def test_restart_recovers_support_sets_and_never_applies_an_event_twice(
+    broker, tmp_path, read_until, warm_model
+):
     settings = _settings(broker, tmp_path, "restart")
-    data, warm = _trained(settings)
+    data, warm = _trained(settings, warm_model)
     events = _stream(data, warm, n_users=40, per_user=25)
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     ensure_topics(settings)
@@ -139,17 +155,21 @@ def test_restart_recovers_support_sets_and_never_applies_an_event_twice(broker, 
         with EventProducer(settings) as producer:
             producer.interactions(first[-50:])  # redelivered duplicates
             producer.interactions(second)
-        recs = [json.loads(v) for _, v in consume(
-            settings, settings.topic("recommendations"), idle_timeout_s=15, deadline_s=90)]
+        wanted = {e.event_id for e in events}
+        recs = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("recommendations"),
+            lambda got: len(got) >= len(wanted)
+            and wanted <= {json.loads(v)["source_event_id"] for _, v in got}, 90)]
     finally:
         worker.stop()
-    assert {r["source_event_id"] for r in recs} == {e.event_id for e in events}
+    assert {r["source_event_id"] for r in recs} == wanted
     # State: read the changelog (what a recovering worker restores) and check every user's
     # lifetime count equals the number of distinct events sent for them.
-    latest: dict[str, bytes] = {}
-    for key, value in consume(settings, f"{settings.app_id}-supports-changelog", idle_timeout_s=5):
-        latest[key.decode()] = value
     sent = Counter(e.user_id for e in events)
+    latest: dict[str, bytes] = {}
+    for key, value in read_until(settings, f"{settings.app_id}-supports-changelog",
+                                 lambda got: {k.decode() for k, _ in got} >= set(sent), 30):
+        latest[key.decode()] = value
     assert set(latest) == set(sent)
     for user, raw in latest.items():
         support = UserSupport.from_bytes(raw)
@@ -160,7 +180,7 @@ def test_restart_recovers_support_sets_and_never_applies_an_event_twice(broker, 
 
 
 def test_echo_pipeline_answers_each_event_with_an_empty_list_and_dead_letters_bad_ones(
-    broker, tmp_path
+    broker, tmp_path, read_until
 ):
     """The transport baseline of `kindling bench kafka`: same topics, decoding and DLQ as
     serving, an empty recommendation per event, no model and no state."""
@@ -177,8 +197,8 @@ def test_echo_pipeline_answers_each_event_with_an_empty_list_and_dead_letters_ba
         recs = [json.loads(v) for _, v in consume(
             settings, settings.topic("recommendations"), idle_timeout_s=10, deadline_s=120,
             max_messages=len(events))]
-        dead = [json.loads(v)
-                for _, v in consume(settings, settings.topic("dlq"), idle_timeout_s=5)]
+        dead = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("dlq"), lambda got: len(got) >= 3, 60)]
     finally:
         worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
