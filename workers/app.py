@@ -196,7 +196,7 @@ class Kindling:
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         drain_before_commit()  # changelogs in Kafka before offsets are committed
-        # changelogs to their real end
+        # changelogs to their real end; stream partitions resumed only once seeked to committed
         recovery_compat.install(client_config(settings), settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))
         self.topics = TopicNames.from_settings(settings)

@@ -12,6 +12,18 @@ After Faust has asked for the end offsets, :func:`true_end_offsets` fetches each
 partition from that offset on and moves the end past any record found there. On a broker that
 reports ends correctly the fetch returns nothing and nothing changes (cost: one short fetch per
 changelog partition per rebalance).
+
+:func:`seek_before_resume` fixes the order of the last step of a recovery. faust-streaming 0.15.3's
+``Recovery.on_recovery_completed`` resumes the source partitions (interactions, ...) and only
+then awaits the seek to the group's committed offsets. When the changelogs had records to restore,
+the fetcher is already running by then, so during that await it hands the agents records read
+from wherever the client's position happened to be, not from the committed offset (seen: a
+restarted worker processed interactions 108-111 of a partition whose committed offset was 43).
+Those are users' *later* events: they move the user's offset watermark up, and after the seek
+the events from the committed offset on arrive and look redelivered, so they are published but
+never applied (``kindling chaos``: one event missing in the middle of users' support sets); and
+Faust's gap bookkeeping can mark the skipped offsets committable, so an event can also be
+committed without ever being processed. The seek now completes before the partitions resume.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from faust.tables import recovery as faust_recovery
 log = logging.getLogger("kindling.recovery")
 
 _original = faust_recovery.Recovery._build_highwaters
+_original_completed = faust_recovery.Recovery.on_recovery_completed
 _client: dict[str, Any] = {}
 _fetch_max_wait_ms = 500
 
@@ -92,8 +105,52 @@ async def _build_highwaters(self: Any, consumer: Any, tps: Any, destination: Any
             destination[tp] = end - 1
 
 
+async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+    """Faust's ``Recovery.on_recovery_completed`` (faust-streaming 0.15.3) with one change: the
+    stream partitions are seeked to the committed offsets *before* they are resumed."""
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(table.on_recovery_completed(
+            self.actives_for_table[table], self.standbys_for_table[table]))
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(f"Recovery rebalancing again app id "
+                         f"{self.app.consumer_generation_id} param {generation_id}")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    # Only now may the fetcher hand their records to the agents (Faust resumed them first).
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await self.app._fetcher.maybe_start()  # noqa: SLF001 - as Faust does
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def seek_before_resume() -> None:
+    """Make every Faust recovery in this process seek the stream partitions to their committed
+    offsets before it resumes them (idempotent)."""
+    faust_recovery.Recovery.on_recovery_completed = _on_recovery_completed
+
+
 def install(client: Mapping[str, Any], fetch_max_wait_ms: int = 500) -> None:
-    """Make every Faust table recovery in this process read changelogs to their real end;
+    """Make every Faust table recovery in this process read changelogs to their real end, and
+    seek the stream partitions to their committed offsets before resuming them;
     ``client`` is the kafka-python connection config (``streams.topics.client_config``),
     ``fetch_max_wait_ms`` the worker's (``Settings.fetch_max_wait_ms``; at least 500)."""
     global _fetch_max_wait_ms
@@ -101,3 +158,4 @@ def install(client: Mapping[str, Any], fetch_max_wait_ms: int = 500) -> None:
     _client.clear()
     _client.update(client)
     faust_recovery.Recovery._build_highwaters = _build_highwaters
+    seek_before_resume()
