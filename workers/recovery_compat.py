@@ -21,9 +21,10 @@ from wherever the client's position happened to be, not from the committed offse
 restarted worker processed interactions 108-111 of a partition whose committed offset was 43).
 Those are users' *later* events: they move the user's offset watermark up, and after the seek
 the events from the committed offset on arrive and look redelivered, so they are published but
-never applied (``kindling chaos``: one event missing in the middle of users' support sets); and
-Faust's gap bookkeeping can mark the skipped offsets committable, so an event can also be
-committed without ever being processed. The seek now completes before the partitions resume.
+never applied (``kindling chaos``: one event missing in the middle of users' support sets).
+Faust's gap bookkeeping may also mark such skipped offsets committable (one pre-fix chaos run
+committed an event that was never processed; not traced to this cause). The seek now completes
+before the partitions resume.
 """
 
 from __future__ import annotations
