@@ -69,6 +69,8 @@ def _read_until(settings, topic: str, done, timeout_s: float, linger_s: float = 
                     finished_at = now
                 elif now > deadline:
                     return records
+            elif now > deadline + linger_s:
+                return records  # a stream that never goes quiet: the deadline still holds
             elif got:
                 finished_at = now
             elif now - finished_at >= linger_s:
