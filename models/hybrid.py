@@ -117,12 +117,22 @@ class HybridLearner(Learner):
             out = dict(self.core.adapt(state, support, prepared))
             n_items = prepared["ii_idx"].shape[0]
             weights = support.mask.to(torch.float32)
-            out["ii"] = neighbour_scores(prepared["ii_idx"], prepared["ii_val"], support.items,
-                                         weights, n_items)
-            if prepared["tr_idx"].shape[1] and bool((self.tr_gates > 0).any()):
-                out["tr"] = neighbour_scores(prepared["tr_idx"], prepared["tr_val"],
-                                             support.items, weights, n_items)
-            out["n_support"] = support.mask.sum(1)
+            n = support.mask.sum(1)
+            row = bucket_of(n)
+            # A channel is scattered only for the rows whose support-size bucket gives it a
+            # weight: the other rows' scores are the core's, whatever the channel holds.
+            for key, gates in (("ii", self.gates), ("tr", self.tr_gates)):
+                idx, val = prepared[f"{key}_idx"], prepared[f"{key}_val"]
+                rows = (gates[row] > 0).nonzero().squeeze(1)
+                if idx.shape[1] == 0 or rows.numel() == 0:
+                    continue
+                if rows.numel() == n.numel():
+                    out[key] = (None, neighbour_scores(idx, val, support.items, weights,
+                                                       n_items))
+                else:
+                    out[key] = (rows, neighbour_scores(idx, val, support.items[rows],
+                                                       weights[rows], n_items))
+            out["n_support"] = n
             out["rate_u"] = _user_offset(support, prepared["rating_item"], self.user_shrink)
             return out
 
@@ -134,12 +144,25 @@ class HybridLearner(Learner):
                 return personal
             row = bucket_of(n)
             spread = _spread(personal)  # once: every channel is put in the core's units
-            mixed = combine(self.gates[row], personal, state["ii"], spread=spread)
-            if "tr" in state:
-                mixed = combine(self.tr_gates[row], mixed, state["tr"], spread=spread)
+            mixed = personal
+            for key, gates in (("ii", self.gates), ("tr", self.tr_gates)):
+                if key not in state:
+                    continue
+                rows, channel = state[key]
+                if rows is None:
+                    mixed = combine(gates[row], mixed, channel, spread=spread)
+                else:
+                    if mixed is personal:
+                        mixed = personal.clone()
+                    mixed[rows] = combine(gates[row[rows]], mixed[rows], channel,
+                                          spread=spread[rows])
             pop_w = self.pop_gates[row]
             if bool((pop_w > 0).any()):
-                mixed = combine(pop_w, mixed, prepared["pop"].expand_as(mixed), spread=spread)
+                pop = prepared["pop"]
+                own = _spread(pop[None, :])  # one row: the same for every user
+                scale = torch.where(own > 1e-12, pop_w * spread / own.clamp(min=1e-12),
+                                    torch.zeros_like(spread))
+                mixed = torch.addcmul(mixed, scale[:, None], pop[None, :])
             return mixed
 
     def predict_rating(self, state: State, prepared: State, items: Tensor) -> Tensor:

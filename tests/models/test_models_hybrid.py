@@ -244,3 +244,51 @@ def test_the_popularity_channel_mixes_by_bucket(fitted, planted, tools) -> None:
         with torch.no_grad():
             model.pop_gates.copy_(pop_gates)
             model.item_pop.copy_(item_pop)
+
+
+def test_channels_are_scattered_only_for_the_rows_that_weigh_them(fitted, planted,
+                                                                  tools) -> None:
+    # A batch of users of mixed support sizes, the item-item channel weighted in two buckets
+    # only: the served scores equal the dense formula over every row, and the rows of the
+    # unweighted buckets are the core's scores bit for bit.
+    from models.base import SupportBatch
+    from models.itemitem import neighbour_scores
+
+    model, _ = fitted
+    users = planted.test[:8]
+    full = tools.support_from(users, 12)
+    sizes = torch.tensor([1, 2, 3, 5, 8, 12, 1, 6])
+    support = SupportBatch(full.items, full.targets, full.ratings,
+                           torch.arange(12)[None, :] < sizes[:, None])
+    saved = model.gates.clone(), model.pop_gates.clone(), model.tr_gates.clone()
+    try:
+        with torch.no_grad():
+            model.tr_gates.zero_()  # the transition channel: the same code path, tested apart
+            model.gates.zero_()
+            model.gates[bucket_of(torch.tensor([3]))] = 0.7
+            model.gates[bucket_of(torch.tensor([12]))] = 0.3
+            model.pop_gates.zero_()
+            model.pop_gates[bucket_of(torch.tensor([1]))] = 0.5
+        prep = model.prepare(planted.bank)
+        init = model.init_state(torch.zeros(8, 4))
+        got = model.score(model.adapt(init, support, prep), prep)
+
+        personal = model.core.score(model.core.adapt(init, support, prep), prep)
+        row = bucket_of(sizes)
+        ii = neighbour_scores(prep["ii_idx"], prep["ii_val"], support.items,
+                              support.mask.float(), prep["ii_idx"].shape[0])
+        spread = personal.std(1, unbiased=False)
+        ii_w = model.gates[row] * spread / ii.std(1, unbiased=False).clamp(min=1e-12)
+        pop = prep["pop"].expand(8, -1)
+        pop_w = model.pop_gates[row] * spread / pop.std(1, unbiased=False)
+        expected = personal + ii_w[:, None] * ii + pop_w[:, None] * pop
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        weighted = (model.gates[row] > 0) | (model.pop_gates[row] > 0)
+        assert 0 < int(weighted.sum()) < 8
+        assert torch.equal(got[~weighted], personal[~weighted])
+        assert not torch.allclose(got[weighted], personal[weighted])
+    finally:
+        with torch.no_grad():
+            model.gates.copy_(saved[0])
+            model.pop_gates.copy_(saved[1])
+            model.tr_gates.copy_(saved[2])
