@@ -52,7 +52,7 @@ from schemas import (
 )
 from schemas.wire import RatingScale
 from streams.topics import TopicNames, client_config
-from workers import recovery_compat
+from workers import gap_guard, recovery_compat
 from workers.faust_compat import drain_before_commit, set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.web import HealthState, WebServer, consumer_lag, event_age
@@ -202,6 +202,10 @@ class Kindling:
         self.topics = TopicNames.from_settings(settings)
         self.scale = RatingScale(settings.rating_low, settings.rating_high)
         self.metrics = Metrics()
+        # A source partition whose records skip offsets is rewound, not committed past.
+        gap_guard.install([self.topics.interactions, self.topics.items, self.topics.users,
+                           self.topics.requests],
+                          on_gap=lambda action: self.metrics.offset_gaps.labels(action).inc())
         # Item vectors are cached in the ``item_vectors`` table (store attached in _build_app).
         self.vector_cache = VectorCache(self.encoder, {}, write_through=False)
         self.recommender = Recommender(

@@ -14,7 +14,8 @@ import logging.config
 import time
 from typing import Any
 
-CONTEXT_FIELDS = ("user", "topic", "partition", "offset", "event_id", "reason", "events")
+CONTEXT_FIELDS = ("user", "topic", "partition", "offset", "event_id", "reason", "events",
+                  "expected", "skipped")
 
 
 class JsonFormatter(logging.Formatter):

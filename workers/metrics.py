@@ -41,6 +41,11 @@ class Metrics:
         self.recommendations = Counter(
             "kindling_recommendations", "Recommendations published", registry=r
         )
+        self.offset_gaps = Counter(
+            "kindling_offset_gaps", "Fetched records past a partition's next expected offset "
+            "(workers/gap_guard.py), by action: rewind (sought back, nothing committed past) or "
+            "accept (a real hole in the log, committed past as Faust does)", ["action"],
+            registry=r)
         self.lag = Gauge("kindling_consumer_lag", "Consumer lag (messages) by partition",
                          ["partition"], registry=r)
         self.assigned = Gauge("kindling_assigned_partitions",
