@@ -151,11 +151,15 @@ class HybridLearner(Learner):
                 rows, channel = state[key]
                 if rows is None:
                     mixed = combine(gates[row], mixed, channel, spread=spread)
-                else:
-                    if mixed is personal:
-                        mixed = personal.clone()
-                    mixed[rows] = combine(gates[row[rows]], mixed[rows], channel,
-                                          spread=spread[rows])
+                    continue
+                # the weighted rows only: what ``combine`` adds, added in place to a copy
+                own = _spread(channel)
+                scale = torch.where(own > 1e-12,
+                                    gates[row[rows]] * spread[rows] / own.clamp(min=1e-12),
+                                    torch.zeros_like(own))
+                if mixed is personal:
+                    mixed = personal.clone()
+                mixed.index_add_(0, rows, channel * scale[:, None])
             pop_w = self.pop_gates[row]
             if bool((pop_w > 0).any()):
                 pop = prepared["pop"]
