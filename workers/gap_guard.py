@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
@@ -65,6 +66,8 @@ class GapGuard:
         # partition -> (offset it was rewound to, fetch in which it was rewound)
         self._rewound: dict[TP, tuple[int, int]] = {}
         self._fetch = 0
+        # partition -> (offset, what sought it, monotonic time): for the warnings
+        self._last_seek: dict[TP, tuple[int | None, str, float]] = {}
 
     def is_strict(self, tp: TP) -> bool:
         return tp.topic in self.strict_topics
@@ -77,10 +80,11 @@ class GapGuard:
         """The records admitted from now on come from a new fetch (``getmany`` call)."""
         self._fetch += 1
 
-    def seeked(self, tp: TP, offset: int | None) -> None:
+    def seeked(self, tp: TP, offset: int | None, by: str = "seek") -> None:
         """The partition's position was moved to ``offset`` (``None``: to wherever the client's
-        reset policy puts it)."""
+        reset policy puts it) by ``by`` (which call, for the warnings)."""
         tp = _tp(tp)
+        self._last_seek[tp] = (offset, by, time.monotonic())
         if offset is None or offset < 0:
             self._expected.pop(tp, None)
         else:
@@ -94,6 +98,19 @@ class GapGuard:
         tp = _tp(tp)
         self._expected.pop(tp, None)
         self._rewound.pop(tp, None)
+        self._last_seek.pop(tp, None)
+
+    def last_seek(self, tp: TP) -> dict[str, Any]:
+        """The partition's last seek: ``offset``, ``by``, ``seconds_ago`` and how many records
+        were handed on since (``handed_on``: from the expected offset; ``None`` if unknown)."""
+        tp = _tp(tp)
+        if tp not in self._last_seek:
+            return {"offset": None, "by": None, "seconds_ago": None, "handed_on": None}
+        offset, by, at = self._last_seek[tp]
+        expected = self._expected.get(tp)
+        handed = expected - offset if offset is not None and expected is not None else None
+        return {"offset": offset, "by": by, "seconds_ago": round(time.monotonic() - at, 3),
+                "handed_on": handed}
 
     def processed(self, tp: TP, offset: int) -> None:
         """Record ``offset`` was handed to the agents."""
@@ -145,14 +162,14 @@ def guard_of(consumer: Any) -> GapGuard:
 
 async def _seek(self: Any, partition: TP, offset: int) -> None:
     await _original_seek(self, partition, offset)
-    guard_of(self).seeked(partition, offset)
+    guard_of(self).seeked(partition, offset, "seek")
 
 
 async def _seek_to_committed(self: Any) -> Mapping[TP, int]:
     committed = await _original_seek_to_committed(self)
     guard = guard_of(self)
     for tp, offset in committed.items():
-        guard.seeked(tp, offset)
+        guard.seeked(tp, offset, "seek_to_committed")
     return committed
 
 
@@ -160,7 +177,7 @@ async def _seek_wait(self: Any, partitions: Mapping[TP, int]) -> None:
     await _original_seek_wait(self, partitions)
     guard = guard_of(self)
     for tp, offset in partitions.items():
-        guard.seeked(tp, offset)
+        guard.seeked(tp, offset, "seek_wait")
 
 
 async def _on_partitions_revoked(self: Any, revoked: set[TP]) -> None:
@@ -176,11 +193,15 @@ def _count(action: str) -> None:
 
 
 async def _rewind(consumer: Any, tp: TP, expected: int, offset: int) -> None:
+    seek = guard_of(consumer).last_seek(tp)
     log.warning("%s[%d]: expected offset %d next, the fetch returned %d (%d records skipped by "
                 "the consumer's position); rewinding the partition to %d instead of committing "
-                "past them", tp.topic, tp.partition, expected, offset, offset - expected, expected,
+                "past them (last seek: to %s by %s %s s before, %s records handed on since)",
+                tp.topic, tp.partition, expected, offset, offset - expected, expected,
+                seek["offset"], seek["by"], seek["seconds_ago"], seek["handed_on"],
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": offset,
-                       "expected": expected, "skipped": offset - expected})
+                       "expected": expected, "skipped": offset - expected,
+                       "last_seek": seek})
     _count("rewind")
     # Through the consumer thread (aiokafka is not thread-safe); sets Faust's read offset too.
     await consumer.seek_wait({tp: expected})

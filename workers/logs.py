@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 CONTEXT_FIELDS = ("user", "topic", "partition", "offset", "event_id", "reason", "events",
-                  "expected", "skipped")
+                  "expected", "skipped", "last_seek")
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +33,7 @@ class JsonFormatter(logging.Formatter):
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                out[name] = value if isinstance(value, int | float | bool) else str(value)
+                out[name] = value if isinstance(value, int | float | bool | dict) else str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)

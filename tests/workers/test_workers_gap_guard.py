@@ -216,6 +216,8 @@ def test_the_guarded_loop_rewinds_and_hands_on_every_record(
     warning = next(r for r in caplog.records if r.levelname == "WARNING")
     assert (warning.topic, warning.partition, warning.expected, warning.offset,
             warning.skipped) == (TP0.topic, 0, 10, 10 + skip, skip)
+    # what sought the partition last, and that nothing was handed on since
+    assert warning.last_seek["offset"] == 10 and warning.last_seek["handed_on"] == 0
 
 
 def test_the_guarded_loop_accepts_a_real_hole_after_one_rewind(
@@ -246,3 +248,18 @@ def test_install_counts_what_the_guard_does(monkeypatch: pytest.MonkeyPatch) -> 
     gap_guard.guard_of(consumer).seeked(TP0, 10)
     _drain(consumer, Consumer._drain_messages)
     assert counted == ["rewind", "rewind", "accept"]
+
+
+def test_the_last_seek_says_what_sought_the_partition_and_what_was_handed_on_since() -> None:
+    guard = GapGuard({"interactions"})
+    assert guard.last_seek(TP0)["by"] is None
+    guard.seeked(TP0, 423, "seek_to_committed")
+    seek = guard.last_seek(TP0)
+    assert seek["offset"] == 423 and seek["by"] == "seek_to_committed"
+    assert seek["handed_on"] == 0 and 0 <= seek["seconds_ago"] < 5
+    for offset in (423, 424, 425):
+        assert guard.admit(TP0, offset) is Admit.PROCESS
+        guard.processed(TP0, offset)
+    assert guard.last_seek(TP0)["handed_on"] == 3
+    guard.forget(TP0)
+    assert guard.last_seek(TP0)["offset"] is None
