@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from faust.transport import consumer as faust_consumer
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.types import TP
 from mode import Service, ServiceT
 
@@ -74,7 +74,7 @@ class GapGuard:
 
     def expected(self, tp: TP) -> int | None:
         """The offset the partition's next record must have (``None``: not known)."""
-        return self._expected.get(_tp(tp))
+        return self._expected.get(ensure_TP(tp))
 
     def next_fetch(self) -> None:
         """The records admitted from now on come from a new fetch (``getmany`` call)."""
@@ -83,7 +83,7 @@ class GapGuard:
     def seeked(self, tp: TP, offset: int | None, by: str = "seek") -> None:
         """The partition's position was moved to ``offset`` (``None``: to wherever the client's
         reset policy puts it) by ``by`` (which call, for the warnings)."""
-        tp = _tp(tp)
+        tp = ensure_TP(tp)
         self._last_seek[tp] = (offset, by, time.monotonic())
         if offset is None or offset < 0:
             self._expected.pop(tp, None)
@@ -95,7 +95,7 @@ class GapGuard:
 
     def forget(self, tp: TP) -> None:
         """The partition was revoked."""
-        tp = _tp(tp)
+        tp = ensure_TP(tp)
         self._expected.pop(tp, None)
         self._rewound.pop(tp, None)
         self._last_seek.pop(tp, None)
@@ -103,7 +103,7 @@ class GapGuard:
     def last_seek(self, tp: TP) -> dict[str, Any]:
         """The partition's last seek: ``offset``, ``by``, ``seconds_ago`` and how many records
         were handed on since (``handed_on``: from the expected offset; ``None`` if unknown)."""
-        tp = _tp(tp)
+        tp = ensure_TP(tp)
         if tp not in self._last_seek:
             return {"offset": None, "by": None, "seconds_ago": None, "handed_on": None}
         offset, by, at = self._last_seek[tp]
@@ -114,13 +114,13 @@ class GapGuard:
 
     def processed(self, tp: TP, offset: int) -> None:
         """Record ``offset`` was handed to the agents."""
-        self._expected[_tp(tp)] = offset + 1
+        self._expected[ensure_TP(tp)] = offset + 1
 
     def admit(self, tp: TP, offset: int) -> Admit:
         """What to do with the fetched record at ``offset`` of ``tp``."""
         if tp.topic not in self.strict_topics:
             return Admit.PROCESS
-        tp = _tp(tp)
+        tp = ensure_TP(tp)
         expected = self._expected.get(tp)
         if expected is None or offset <= expected:
             if offset == expected:
@@ -135,9 +135,6 @@ class GapGuard:
         self._rewound[tp] = (expected, self._fetch)
         return Admit.REWIND
 
-
-def _tp(tp: Any) -> TP:
-    return tp if type(tp) is TP else TP(tp.topic, tp.partition)
 
 
 # ----------------------------------------------------------------------------- installation
