@@ -153,10 +153,7 @@ class HybridLearner(Learner):
                     mixed = combine(gates[row], mixed, channel, spread=spread)
                     continue
                 # the weighted rows only: what ``combine`` adds, added in place to a copy
-                own = _spread(channel)
-                scale = torch.where(own > 1e-12,
-                                    gates[row[rows]] * spread[rows] / own.clamp(min=1e-12),
-                                    torch.zeros_like(own))
+                scale = _scale(gates[row[rows]], spread[rows], _spread(channel))
                 if mixed is personal:
                     mixed = personal.clone()
                 mixed.index_add_(0, rows, channel * scale[:, None])
@@ -164,8 +161,7 @@ class HybridLearner(Learner):
             if bool((pop_w > 0).any()):
                 pop = prepared["pop"]
                 own = _spread(pop[None, :])  # one row: the same for every user
-                scale = torch.where(own > 1e-12, pop_w * spread / own.clamp(min=1e-12),
-                                    torch.zeros_like(spread))
+                scale = _scale(pop_w, spread, own.expand_as(spread))
                 mixed = torch.addcmul(mixed, scale[:, None], pop[None, :])
             return mixed
 
@@ -185,12 +181,15 @@ def combine(weights: Tensor, personal: Tensor, itemitem: Tensor,
     constant item-item row) are ``personal`` unchanged, bit for bit."""
     if not bool((weights > 0).any()):
         return personal
-    own = _spread(itemitem)
     base = spread if spread is not None else _spread(personal if reference is None
                                                      else reference)
-    scale = torch.where(own > 1e-12, weights * base / own.clamp(min=1e-12),
-                        torch.zeros_like(own))
-    return torch.addcmul(personal, scale[:, None], itemitem)
+    return torch.addcmul(personal, _scale(weights, base, _spread(itemitem))[:, None], itemitem)
+
+
+def _scale(weights: Tensor, base: Tensor, own: Tensor) -> Tensor:
+    """Per row, the factor that puts a channel of spread ``own`` in the units of spread
+    ``base`` at weight ``weights``: ``w · base / own`` (0 for a constant channel row)."""
+    return torch.where(own > 1e-12, weights * base / own.clamp(min=1e-12), torch.zeros_like(own))
 
 
 def _spread(x: Tensor) -> Tensor:
