@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine.settings import Settings
-from ops.chaos import chaos_settings, stream_of
+from ops.chaos import _committed, _end_offsets, _positions, chaos_settings, stream_of
 from ops.process import WorkerProcess
 from streams.kafka import EventProducer
 from streams.topics import client_config, ensure_topics
@@ -42,43 +42,17 @@ class _SkippingWorker(WorkerProcess):
         return env
 
 
-def _stored(settings: Settings, topic: str) -> dict[str, tuple[int, int]]:
-    """event_id -> (partition, offset) as the broker stored them."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, **client_config(settings), group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             fetch_max_wait_ms=500, consumer_timeout_ms=5000)
-    try:
-        return {json.loads(m.value)["event_id"]: (m.partition, m.offset) for m in consumer}
-    finally:
-        consumer.close()
-
-
-def _group_consumer(settings: Settings, topic: str) -> tuple[object, list[object]]:
+def _commit(settings: Settings, topic: str, offset: int) -> None:
+    """Commit ``offset`` on every partition of ``topic`` for the worker's group."""
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
 
     consumer = KafkaConsumer(**client_config(settings), group_id=settings.app_id,
                              enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    consumer.assign(tps)
-    return consumer, tps
-
-
-def _commit(settings: Settings, topic: str, offset: int) -> None:
-    from kafka.structs import OffsetAndMetadata
-
-    consumer, tps = _group_consumer(settings, topic)
     try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
         consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp in tps})
-    finally:
-        consumer.close()
-
-
-def _committed(settings: Settings, topic: str) -> dict[int, int | None]:
-    consumer, tps = _group_consumer(settings, topic)
-    try:
-        return {tp.partition: consumer.committed(tp) for tp in tps}
     finally:
         consumer.close()
 
@@ -95,10 +69,10 @@ def test_a_consumer_fetching_past_its_committed_offset_loses_nothing(
         for event in events:
             producer.interaction(event)
         producer.flush()
-    stored = _stored(settings, topic)
-    assert len(stored) == len(events)
-    ends = {p: 1 + max(o for q, o in stored.values() if q == p)
-            for p in range(settings.partitions)}
+    stored, copies = _positions(settings, topic)
+    assert len(stored) == len(events) and copies == 0
+    ends = _end_offsets(stored)
+    assert set(ends) == set(range(settings.partitions)), ends
     assert min(ends.values()) > COMMITTED + max(SKIPS.values()), ends
     _commit(settings, topic, COMMITTED)
     assert _committed(settings, topic) == {p: COMMITTED for p in ends}
@@ -120,7 +94,7 @@ def test_a_consumer_fetching_past_its_committed_offset_loses_nothing(
     answered = {json.loads(v)["source_event_id"] for _, v in recs}
     missing = sorted(stored[e] for e in wanted - answered)  # (partition, offset)
     committed = _committed(settings, topic)
-    past = [(p, o) for p, o in missing if o < (committed[p] or 0)]
+    past = [(p, o) for p, o in missing if o < committed.get(p, 0)]
     assert (missing, past) == ([], []), f"never processed: {missing}; committed past: {past}"
     # the guard saw each skip and rewound (text log: Faust's handler)
     for p, skip in SKIPS.items():
