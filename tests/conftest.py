@@ -32,6 +32,64 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+class FakeAioProducer:
+    """What ``streams.batches.ProducerBatches`` uses of ``aiokafka.AIOKafkaProducer``: keyless
+    records of a topic go to ``crc32(key) % partitions``; a batch holds ``batch_records``
+    records at most (its first one always); ``sent`` logs every batch handed over."""
+
+    def __init__(self, partitions: int = 4, batch_records: int = 1000) -> None:
+        import asyncio
+        from types import SimpleNamespace
+
+        self.partitions, self.batch_records = partitions, batch_records
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+
+        async def wait_on_metadata(topic: str) -> None:
+            await asyncio.sleep(0)
+
+        self.client = SimpleNamespace(_wait_on_metadata=wait_on_metadata)
+
+    def _partition(self, topic, partition, key, value, serialized_key, serialized_value) -> int:
+        import zlib
+
+        if partition is not None:
+            return partition
+        return zlib.crc32(serialized_key or b"") % self.partitions
+
+    def create_batch(self):
+        fake = self
+
+        class Builder:
+            def __init__(self) -> None:
+                self.records: list[tuple[bytes | None, bytes]] = []
+
+            def append(self, *, key, value, timestamp):
+                if self.records and len(self.records) >= fake.batch_records:
+                    return None
+                self.records.append((key, value))
+                return object()
+
+        return Builder()
+
+    async def send_batch(self, builder, topic: str, *, partition: int):
+        import asyncio
+        from types import SimpleNamespace
+
+        first = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = first + len(builder.records)
+        self.sent.append((topic, partition, list(builder.records)))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(topic=topic, partition=partition, offset=first))
+        return future
+
+
+@pytest.fixture
+def fake_aio_producer():
+    """``fake_aio_producer(partitions=4, batch_records=1000)``: see :class:`FakeAioProducer`."""
+    return FakeAioProducer
+
+
 @pytest.fixture
 def wait_for():
     """``wait_for(predicate, timeout_s, what)`` for integration tests."""
