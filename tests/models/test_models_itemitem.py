@@ -67,3 +67,17 @@ def test_pruned_table_scores_like_the_dense_weights_restricted_to_the_top_k() ->
         kept = val[row][val[row] > 0]
         assert bool((b[row][b[row] > 0].sort(descending=True).values[: kept.numel()]
                      == kept.sort(descending=True).values).all())
+
+
+def test_neighbour_scores_drop_the_sink_and_leave_unweighted_rows_zero() -> None:
+    # Columns point into [0, n_items]; n_items (= 3 here) is the sink of absent neighbours.
+    idx = torch.tensor([[1, 3], [3, 3], [0, 2]])
+    val = torch.tensor([[0.5, 9.0], [9.0, 9.0], [0.25, 1.0]])
+    items = torch.tensor([[0, 2, 1], [1, 1, 1], [2, 0, 0]])
+    weights = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    scores = neighbour_scores(idx, val, items, weights, 3)
+    torch.testing.assert_close(scores, torch.tensor([[0.5, 0.5, 2.0],  # 0.5·e1 + 2·(.25e0 + e2)
+                                                     [0.0, 0.0, 0.0],
+                                                     [0.25, 0.0, 1.0]]))
+    assert neighbour_scores(idx, val, items[:, :0], weights[:, :0], 3).shape == (3, 3)
+    assert not bool(neighbour_scores(idx, val, items, weights, 3)[1].any())
