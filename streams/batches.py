@@ -84,6 +84,9 @@ class ProducerBatches:
         return out
 
     async def _submit(self, topic: str, partition: int, slot: list[Any]) -> Awaitable[Delivered]:
+        # Closed: complete, so the sender takes it at once instead of lingering
+        # (``linger_ms``) for records that will never come.
+        slot[0].close()
         future = await self._producer.send_batch(slot[0], topic, partition=partition)
         return _delivered(future, topic, partition, slot[1])
 

@@ -70,12 +70,16 @@ class FakeAioProducer:
                 self.records.append((key, value))
                 return object()
 
+            def close(self) -> None:
+                self.closed = True
+
         return Builder()
 
     async def send_batch(self, builder, topic: str, *, partition: int):
         import asyncio
         from types import SimpleNamespace
 
+        assert getattr(builder, "closed", False), "a batch handed over still open lingers"
         first = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = first + len(builder.records)
         self.sent.append((topic, partition, list(builder.records)))

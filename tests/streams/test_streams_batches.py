@@ -4,6 +4,7 @@ keyed records on the partition ``send`` would pick, order kept, offsets reported
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -70,18 +71,27 @@ def test_through_a_real_broker_keys_land_where_send_puts_them(broker: Any) -> No
 
     async def run() -> tuple[dict[int, list[tuple[bytes, bytes, int]]], list[Delivered],
                              dict[bytes, int]]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=-1,
-                                    enable_idempotence=False, max_batch_size=2048)
-        await producer.start()
+        probe = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=-1)
+        await probe.start()
         try:
             reference = {}  # where send() puts each key
             for key in sorted(set(keys)):
-                meta = await (await producer.send(topic, b"probe", key=key))
+                meta = await (await probe.send(topic, b"probe", key=key))
                 reference[key] = meta.partition
+        finally:
+            await probe.stop()
+        # A 2 s linger: a batch handed over complete must not wait for it.
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=-1,
+                                    enable_idempotence=False, max_batch_size=2048,
+                                    linger_ms=2000)
+        await producer.start()
+        try:
             out = ProducerBatches(producer)
             for i, key in enumerate(keys):
                 out.add(topic, key, b"%04d" % i + b"x" * 60)
+            started = time.monotonic()
             delivered = list(await asyncio.gather(*await out.send()))
+            assert time.monotonic() - started < 1.5, "the batches lingered"
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap,
