@@ -85,10 +85,10 @@ class TableAccess:
     partition and hands their changelog records straight to the producer, one producer batch per
     changelog partition (``streams.batches``), instead of Faust's promise object, buffer task,
     publish step and per-record persisted-offset write (~14% of a serving worker's main-thread
-    CPU in a profile). The returned awaitable
-    resolves once every record is in Kafka, and then records each changelog partition's newest
-    offset in the store, as Faust's ``_on_changelog_sent`` does per record, so recovery still
-    starts where the store is. Reads in between see the held values."""
+    CPU in a profile). The returned awaitable resolves once every record is in Kafka, and then
+    records each changelog partition's newest offset in the store, as Faust's
+    ``_on_changelog_sent`` does per record, so recovery still starts where the store is. Reads
+    in between see the held values."""
 
     __slots__ = ("table", "_held")
 
@@ -568,11 +568,12 @@ class Kindling:
         return self.app.producer._ensure_producer()  # noqa: SLF001 - Faust's accessor
 
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> Any:
-        """Send now through the app's producer; returns the delivery future, which the agents
-        await before their batch is acked. Faust's ``Topic.send`` does the same with a promise
-        object, codecs and sensor callbacks around it per message (~10% of a serving worker's
-        CPU in a profile); these topics are raw bytes, and the partition is the key's (the
-        producer's default partitioner, as with ``Topic.send``)."""
+        """Send one record now through the app's producer (dead letters; a micro-batch's
+        answers go through :class:`~streams.batches.ProducerBatches`); returns the delivery
+        future, which the agents await before their batch is acked. Faust's ``Topic.send`` does
+        the same with a promise object, codecs and sensor callbacks around it per message (~10%
+        of a serving worker's CPU in a profile); these topics are raw bytes, and the partition
+        is the key's (the producer's default partitioner, as with ``Topic.send``)."""
         return await self.app.producer.send(topic, key, value, None, None, None)
 
     # ------------------------------------------------------------------ observability
