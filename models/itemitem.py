@@ -103,14 +103,10 @@ def neighbour_scores(
         (B, n_items) float32 scores.
     """
     b, s = items.shape
-    width = n_items + 1
-    out = torch.zeros(b * width, dtype=table_val.dtype)
-    if s > 0 and table_idx.shape[1] > 0:
-        # Only the weighted slots (padding weighs 0 and adds nothing): about half of a serving
-        # batch's (B, S) grid. One flat index_add_ over (row · width + column).
-        row, slot = weights.nonzero(as_tuple=True)
-        item = items[row, slot]
-        cols = (table_idx[item] + (row * width)[:, None]).reshape(-1)
-        vals = (table_val[item] * weights[row, slot, None].to(table_val.dtype)).reshape(-1)
-        out.index_add_(0, cols, vals)
-    return out.view(b, width)[:, :n_items]
+    out = torch.zeros(b, n_items + 1, dtype=table_val.dtype)
+    if s == 0 or table_idx.shape[1] == 0:
+        return out[:, :n_items]
+    cols = table_idx[items].reshape(b, -1)  # (B, S·k)
+    vals = (table_val[items] * weights[..., None].to(table_val.dtype)).reshape(b, -1)
+    out.scatter_add_(1, cols, vals)
+    return out[:, :n_items]
