@@ -102,6 +102,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         from ops.bench_online import bench_online
 
         result = bench_online(settings, 2000 if args.quick else args.events)
+    elif args.what == "produce":
+        from ops.bench_produce import bench_produce
+
+        result = bench_produce(settings, batches=20 if args.quick else 150,
+                               batch_size=settings.batch_max)
     elif args.what == "adapt":
         from ops.bench_adapt import bench_adapt
 

@@ -365,9 +365,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune_encoder)
 
     p = sub.add_parser("bench",
-                       help="benchmarks: adapt | pipeline | encode | kafka | retrain | online")
+                       help="benchmarks: adapt | pipeline | encode | kafka | produce | retrain | "
+                       "online")
     p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["adapt", "pipeline", "encode", "kafka", "retrain", "online"])
+                   choices=["adapt", "pipeline", "encode", "kafka", "produce", "retrain",
+                            "online"])
     p.add_argument("--items", default=None,
                    help="encode: an item file (default: MovieLens movies.csv when present)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
