@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import zlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,9 +41,6 @@ class FakeAioProducer:
     records at most (its first one always); ``sent`` logs every batch handed over."""
 
     def __init__(self, partitions: int = 4, batch_records: int = 1000) -> None:
-        import asyncio
-        from types import SimpleNamespace
-
         self.partitions, self.batch_records = partitions, batch_records
         self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
         self.offsets: dict[tuple[str, int], int] = {}
@@ -51,8 +51,6 @@ class FakeAioProducer:
         self.client = SimpleNamespace(_wait_on_metadata=wait_on_metadata)
 
     def _partition(self, topic, partition, key, value, serialized_key, serialized_value) -> int:
-        import zlib
-
         if partition is not None:
             return partition
         return zlib.crc32(serialized_key or b"") % self.partitions
@@ -73,12 +71,12 @@ class FakeAioProducer:
             def close(self) -> None:
                 self.closed = True
 
+            def record_count(self) -> int:
+                return len(self.records)
+
         return Builder()
 
     async def send_batch(self, builder, topic: str, *, partition: int):
-        import asyncio
-        from types import SimpleNamespace
-
         assert getattr(builder, "closed", False), "a batch handed over still open lingers"
         first = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = first + len(builder.records)
