@@ -36,18 +36,22 @@ def bench_produce(settings: Settings, *, batches: int = 150, batch_size: int = 2
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from streams.broker import EmbeddedBroker
+    from streams.kafka import consume
+    from streams.topics import client_config
     from workers.cli import use_event_loop
 
     use_event_loop(settings.event_loop)
     topic = f"kindling-bench-produce-{uuid.uuid4().hex[:8]}"
     with EmbeddedBroker() as broker:
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        s = settings.replace(broker=broker.url)
+        admin = KafkaAdminClient(**client_config(s))
         try:
             admin.create_topics([NewTopic(topic, partitions, 1)])
         finally:
             admin.close()
-        result = asyncio.run(_run(settings, broker.url, topic, batches, batch_size))
-        result["records_in_topic"] = _records_in(broker.bootstrap, topic, partitions)
+        result = asyncio.run(_run(s, topic, batches, batch_size))
+        # read back, not end offsets: Tansu's stop inside a partition's last batch (broker.md)
+        result["records_in_topic"] = sum(1 for _ in consume(s, topic, idle_timeout_s=2.0))
     # both ways, every micro-batch, plus one 10-record warm-up each
     result["records_sent"] = 2 * (batches * batch_size + 10)
     return {"batches": batches, "batch_size": batch_size, "partitions": partitions,
@@ -55,13 +59,12 @@ def bench_produce(settings: Settings, *, batches: int = 150, batch_size: int = 2
             "event_loop": settings.event_loop, **result}
 
 
-async def _run(settings: Settings, url: str, topic: str, batches: int,
-               batch_size: int) -> dict[str, Any]:
+async def _run(settings: Settings, topic: str, batches: int, batch_size: int) -> dict[str, Any]:
     import faust
 
     from streams.batches import ProducerBatches
 
-    app = faust.App(f"kindling-bench-produce-{uuid.uuid4().hex[:6]}", broker=url,
+    app = faust.App(f"kindling-bench-produce-{uuid.uuid4().hex[:6]}", broker=settings.broker,
                     producer_acks=-1, producer_linger_ms=settings.producer_linger_ms,
                     producer_max_batch_size=settings.producer_max_batch_size)
     producer = app.producer
@@ -104,21 +107,3 @@ async def _run(settings: Settings, url: str, topic: str, batches: int,
     out["wall_ratio_per_record_over_batched"] = wall["per_record"] / wall["batched"]
     return out
 
-
-def _records_in(bootstrap: str, topic: str, partitions: int) -> int:
-    """Records the broker holds in ``topic``, read back (Tansu's reported end offsets stop inside
-    a partition's last batch: docs/broker.md)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        n, idle = 0, 0
-        while idle < 3:  # three empty polls in a row: the end
-            got = sum(map(len, consumer.poll(timeout_ms=500).values()))
-            n, idle = n + got, 0 if got else idle + 1
-        return n
-    finally:
-        consumer.close()
