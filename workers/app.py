@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -385,15 +385,12 @@ class Kindling:
                     pending.append(await self._dead_letter(e, reason))
                 recs = []
             explorer = self.recommender.explorer
-            out = ProducerBatches(self._producer())
-            topic = self.topics.recommendations
-            for event, rec in zip(good, recs, strict=False):
-                if explorer is not None:
+            if explorer is not None:
+                for event, rec in zip(good, recs, strict=False):
                     _set_current_event(stream, event)  # the user's partition, for the changelog
                     explored = [i.item_id for i in rec.items if i.why == "explore"]
                     explorer.shown(rec.user_id, explored)
-                out.add(topic, rec.user_id.encode(), encode(rec))
-            pending.extend(await out.send())
+            pending.extend(await self._answer(recs))
             if pending:
                 await asyncio.gather(*pending)
             self._online_hits(snaps, recs, profiles)
@@ -409,17 +406,15 @@ class Kindling:
         that serving pays on top of its own work)."""
         s = self.settings
         async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
-            pending = []
-            out = ProducerBatches(self._producer())
+            pending, recs = [], []
             for event in batch:
                 try:
                     interaction = decode_interaction(event.value, self.scale)
                 except SchemaError as exc:
                     pending.append(await self._dead_letter(event, exc.describe()))
                     continue
-                rec = Recommendation(interaction.user_id, (), "echo", interaction.event_id)
-                out.add(self.topics.recommendations, rec.user_id.encode(), encode(rec))
-            pending.extend(await out.send())
+                recs.append(Recommendation(interaction.user_id, (), "echo", interaction.event_id))
+            pending.extend(await self._answer(recs))
             if pending:
                 await asyncio.gather(*pending)
             self.metrics.events.inc(len(batch))
@@ -511,11 +506,9 @@ class Kindling:
                 recs = []
             if recs:
                 self.online.remember(self.recommender, snaps, recs)
-            out = ProducerBatches(self._producer())
-            for snap, rec in zip(snaps, recs, strict=False):
-                answer = dataclasses.replace(rec, domain=snap.event.domain)
-                out.add(self.topics.recommendations, rec.user_id.encode(), encode(answer))
-            pending.extend(await out.send())
+            pending.extend(await self._answer(
+                dataclasses.replace(rec, domain=snap.event.domain)
+                for snap, rec in zip(snaps, recs, strict=False)))
             if pending:
                 await asyncio.gather(*pending)
 
@@ -567,9 +560,18 @@ class Kindling:
         records go to it as one batch per partition (``streams.batches``)."""
         return self.app.producer._ensure_producer()  # noqa: SLF001 - Faust's accessor
 
+    async def _answer(self, recs: Iterable[Recommendation]) -> list[Awaitable[Delivered]]:
+        """Send a micro-batch's recommendations, keyed by user, as one producer batch per
+        partition; returns the awaitables to gather before the batch is acked."""
+        out = ProducerBatches(self._producer())
+        topic = self.topics.recommendations
+        for rec in recs:
+            out.add(topic, rec.user_id.encode(), encode(rec))
+        return await out.send()
+
     async def _publish(self, topic: str, key: bytes | None, value: bytes) -> Any:
         """Send one record now through the app's producer (dead letters; a micro-batch's
-        answers go through :class:`~streams.batches.ProducerBatches`); returns the delivery
+        answers go through :meth:`_answer`); returns the delivery
         future, which the agents await before their batch is acked. Faust's ``Topic.send`` does
         the same with a promise object, codecs and sensor callbacks around it per message (~10%
         of a serving worker's CPU in a profile); these topics are raw bytes, and the partition
