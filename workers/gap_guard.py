@@ -136,7 +136,6 @@ class GapGuard:
         return Admit.REWIND
 
 
-
 # ----------------------------------------------------------------------------- installation
 
 _strict_topics: set[str] = set()
