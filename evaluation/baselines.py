@@ -74,6 +74,9 @@ class _Base:
     name = "base"
     #: the main hyper-parameter and the values :mod:`evaluation.tuning` tries (none: nothing)
     TUNING: dict[str, tuple[Any, ...]] = {}
+    #: ends of the grid that are the parameter's own limits (a best value there is not a sign
+    #: that the grid stops too early), e.g. ``{"alpha": (None, 1.0)}``
+    TUNING_LIMITS: dict[str, tuple[Any, Any]] = {}
     #: per-key tables a fork shares copy-on-write (a fork costs O(keys), not O(events))
     _cow_tables: tuple[str, ...] = ("history", "rated")
 
@@ -302,7 +305,10 @@ class ItemKNNRanker(PopularityRanker):
 
     name = "itemknn"
     _cow_tables = ("history", "rated", "delta", "seen")
-    TUNING = {"alpha": (0.5, 0.6, 0.7, 0.8, 0.9)}
+    # α = 1 is the family's end: the conditional probability C_ij / n_j (no candidate
+    # normalisation at all)
+    TUNING = {"alpha": (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)}
+    TUNING_LIMITS = {"alpha": (None, 1.0)}
 
     def __init__(self, seed: int = 0, alpha: float = 0.5) -> None:
         super().__init__(seed)
@@ -408,7 +414,10 @@ class EASERanker(PopularityRanker):
 
     name = "ease"
     _cow_tables = ("history", "rated", "seen")
-    TUNING = {"lam": (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)}
+    # a large λ tends to the co-occurrence counts themselves (B_ij -> G_ij / λ, one ranking):
+    # the grid runs until the validation score has levelled off on every log measured
+    TUNING = {"lam": (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 1e4, 2e4, 5e4,
+                      1e5, 3e5, 1e6)}
 
     def __init__(self, seed: int = 0, lam: float = 500.0, max_items: int = 6000) -> None:
         super().__init__(seed)
@@ -471,7 +480,7 @@ class SASRecRanker(PopularityRanker):
     of the longest value."""
 
     name = "sasrec"
-    TUNING = {"epochs": (2, 4, 6, 8, 12)}
+    TUNING = {"epochs": (2, 4, 6, 8, 12, 16, 24)}
     #: the last training run: (events fingerprint, settings) -> Trainer; one entry at most
     _resumable: dict[tuple, Any] = {}
 
@@ -531,7 +540,7 @@ class RiverMFRanker(_Base):
 
     name = "river-biasedmf"
     biased = True
-    TUNING = {"lr": (0.005, 0.02, 0.05)}
+    TUNING = {"lr": (0.001, 0.002, 0.005, 0.02, 0.05)}
 
     def __init__(
         self, seed: int = 0, n_factors: int = 16, lr: float = 0.05, l2: float = 0.01

@@ -282,10 +282,28 @@ def render(result: Mapping[str, Any], target: float = 1.05) -> str:
             for model in models:
                 cells = [_cell(per_key[k]["models"].get(model), extra) for k in keys]
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines += _edges(result, log_name)
         lines.append("")
     if default:
         lines += [f"✓: {default} ≥ {target}× the best baseline at that n (mean over seeds).", ""]
     return "\n".join(lines)
+
+
+def _edges(result: Mapping[str, Any], log_name: str) -> list[str]:
+    """Lines naming every baseline whose tuned value on ``log_name`` sits at an end of its grid
+    (:func:`evaluation.tuning.edge`): the bar may be set too low there."""
+    found = []
+    for run in result.get("runs", []):
+        if run.get("log") != log_name:
+            continue
+        for name, tuned in (run.get("meta", {}).get("tuning") or {}).items():
+            if tuned.get("edge"):
+                found.append(f"{name} {tuned['params']} (seed {run.get('seed')}, "
+                             f"{tuned['edge']} end)")
+    if not found:
+        return []
+    return ["", "**Tuned at an end of its grid** (the best value may lie beyond it): "
+            + "; ".join(found) + "."]
 
 
 def _cell(summary: Mapping[str, Any] | None, metric: str) -> str:

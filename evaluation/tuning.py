@@ -7,6 +7,11 @@ others' events with
 each value of its ``TUNING`` grid (:data:`evaluation.baselines.REGISTRY`), and the value with the
 best mean NDCG@10 over the support sizes wins. The caller then fits on all training events with
 it. Kindling learners select their own settings the same way inside ``train_bundle``.
+
+A best value at either end of a grid (:func:`edge`) says the optimum may lie beyond it, i.e. the
+baseline may be under-tuned and the bar too low; the quality matrix lists every such choice
+under its tables. An end that is the parameter's own limit (``TUNING_LIMITS``, e.g. item-kNN's
+``α = 1``) is not flagged.
 """
 
 from __future__ import annotations
@@ -30,6 +35,30 @@ def grid(name: str) -> tuple[str, tuple[Any, ...]] | None:
         return None
     ((param, values),) = tuning.items()
     return param, tuple(values)
+
+
+def limits(name: str) -> tuple[Any, Any]:
+    """The ends of ``name``'s grid that are its parameter's own limits (``None``: not one)."""
+    factory = baselines.REGISTRY.get(name)
+    spec = grid(name)
+    if spec is None:
+        return None, None
+    return tuple((getattr(factory, "TUNING_LIMITS", {}) or {}).get(spec[0], (None, None)))
+
+
+def edge(name: str, value: Any) -> str | None:
+    """``"low"``/``"high"`` when ``value`` is the first/last value of ``name``'s grid and that
+    end is not the parameter's own limit: the best may lie beyond the grid, so the baseline may
+    be under-tuned. ``None`` otherwise."""
+    spec = grid(name)
+    if spec is None or len(spec[1]) < 2:
+        return None
+    values, (low, high) = spec[1], limits(name)
+    if value == values[0] and value != low:
+        return "low"
+    if value == values[-1] and value != high:
+        return "high"
+    return None
 
 
 def tune(
@@ -56,8 +85,9 @@ def tune(
     Returns
     -------
     dict
-        ``{"params": {param: value}, "scores": {value: score}, "users": n}``; ``params`` is empty
-        (the ranker's default) when there is no grid or too few validation users.
+        ``{"params": {param: value}, "scores": {value: score}, "users": n, "edge": e}``;
+        ``params`` is empty (the ranker's default) when there is no grid or too few validation
+        users; ``edge`` is :func:`edge` of the chosen value (``"low"``, ``"high"`` or ``None``).
     """
     spec = grid(name)
     if spec is None:
@@ -73,4 +103,4 @@ def tune(
                 "users": len(validation)}
     best = max(finite, key=lambda v: finite[v])  # ties: the first value of the grid
     return {"params": {param: best}, "scores": {str(v): s for v, s in scores.items()},
-            "users": len(validation)}
+            "users": len(validation), "edge": edge(name, best)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evaluation import tuning
-from evaluation.matrix import aggregate, run_matrix
+from evaluation.matrix import aggregate, render, run_matrix
 from evaluation.replay import _graded_ndcg, replay, split_latest_users
 from evaluation.synthetic import generate
 from schemas import Interaction
@@ -88,6 +88,38 @@ def test_tuning_sees_training_users_only_and_keeps_the_best_value() -> None:
     assert out["params"] == {"alpha": 0.7} and out["users"] == 15
     assert all(users <= {e.user_id for e in train} for users in seen)
     assert tuning.tune("popularity", train, split, score)["params"] == {}
+
+
+def test_tuning_flags_a_best_value_at_an_end_of_its_grid_unless_it_is_a_limit() -> None:
+    def split(train):
+        return split_latest_users(train, 0.5, minimum=1)
+
+    def best_at(param, target):
+        return lambda params, inner, validation: -abs(math.log(params[param] / target))
+
+    train = _events([(f"w{k % 30}", f"i{k % 7}") for k in range(300)])
+    lams = tuning.grid("ease")[1]
+    assert tuning.tune("ease", train, split, best_at("lam", 1e9))["edge"] == "high"
+    assert tuning.tune("ease", train, split, best_at("lam", 1e-3))["edge"] == "low"
+    assert tuning.tune("ease", train, split, best_at("lam", lams[3]))["edge"] is None
+    assert tuning.tune("itemknn", train, split, best_at("alpha", 0.1))["edge"] == "low"
+    # α = 1 is where the asymmetric cosine's family ends, not where the grid stops short
+    out = tuning.tune("itemknn", train, split, best_at("alpha", 3.0))
+    assert out["params"] == {"alpha": 1.0} and out["edge"] is None
+
+
+def test_matrix_table_names_baselines_tuned_at_an_end_of_their_grid() -> None:
+    result = {"protocol": "few-shot", "seeds": [0], "seconds": 1.0, "default_learner": None,
+              "results": {"log-a": {}, "log-b": {}},
+              "runs": [{"log": "log-a", "seed": 0, "meta": {"tuning": {
+                  "ease": {"params": {"lam": 1e6}, "edge": "high"},
+                  "itemknn": {"params": {"alpha": 1.0}, "edge": None}}}},
+                       {"log": "log-b", "seed": 0, "meta": {"tuning": {
+                           "ease": {"params": {"lam": 500.0}, "edge": None}}}}]}
+    table = render(result)
+    a, b = table.split("## log-b")
+    assert "Tuned at an end of its grid" in a and "ease {'lam': 1000000.0}" in a
+    assert "itemknn" not in a and "Tuned at an end" not in b
 
 
 @pytest.fixture(scope="module")
