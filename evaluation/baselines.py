@@ -77,6 +77,8 @@ class _Base:
     #: ends of the grid that are the parameter's own limits (a best value there is not a sign
     #: that the grid stops too early), e.g. ``{"alpha": (None, 1.0)}``
     TUNING_LIMITS: dict[str, tuple[Any, Any]] = {}
+    #: an ordered grid stops after this many values in a row below the best (0: try them all)
+    TUNING_PATIENCE: int = 0
     #: per-key tables a fork shares copy-on-write (a fork costs O(keys), not O(events))
     _cow_tables: tuple[str, ...] = ("history", "rated")
 
@@ -414,10 +416,11 @@ class EASERanker(PopularityRanker):
 
     name = "ease"
     _cow_tables = ("history", "rated", "seen")
-    # a large λ tends to the co-occurrence counts themselves (B_ij -> G_ij / λ, one ranking):
-    # the grid runs until the validation score has levelled off on every log measured
+    # as λ grows, B_ij -> G_ij / λ: λ = inf is the family's end, the co-occurrence counts
+    # themselves (:func:`models.itemitem.ease_weights`; ``null`` in JSON reports)
     TUNING = {"lam": (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 1e4, 2e4, 5e4,
-                      1e5, 3e5, 1e6)}
+                      1e5, 3e5, 1e6, math.inf)}
+    TUNING_LIMITS = {"lam": (None, math.inf)}
 
     def __init__(self, seed: int = 0, lam: float = 500.0, max_items: int = 6000) -> None:
         super().__init__(seed)
@@ -480,7 +483,8 @@ class SASRecRanker(PopularityRanker):
     of the longest value."""
 
     name = "sasrec"
-    TUNING = {"epochs": (2, 4, 6, 8, 12, 16, 24)}
+    TUNING = {"epochs": (2, 4, 6, 8, 12, 16, 24, 32)}
+    TUNING_PATIENCE = 2  # the trainer resumes, so a value costs its extra epochs only
     #: the last training run: (events fingerprint, settings) -> Trainer; one entry at most
     _resumable: dict[tuple, Any] = {}
 

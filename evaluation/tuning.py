@@ -11,7 +11,9 @@ it. Kindling learners select their own settings the same way inside ``train_bund
 A best value at either end of a grid (:func:`edge`) says the optimum may lie beyond it, i.e. the
 baseline may be under-tuned and the bar too low; the quality matrix lists every such choice
 under its tables. An end that is the parameter's own limit (``TUNING_LIMITS``, e.g. item-kNN's
-``α = 1``) is not flagged.
+``α = 1``) is not flagged. Ordered grids whose values cost more as they grow (SASRec's epochs)
+stop once ``TUNING_PATIENCE`` values in a row score below the best (early stopping), so a long
+grid costs only what the data needs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def limits(name: str) -> tuple[Any, Any]:
     if spec is None:
         return None, None
     return tuple((getattr(factory, "TUNING_LIMITS", {}) or {}).get(spec[0], (None, None)))
+
+
+def patience_of(name: str) -> int:
+    """``TUNING_PATIENCE`` of ``name``: on an ordered grid, stop after this many values in a row
+    score below the best so far (0: score every value)."""
+    return int(getattr(baselines.REGISTRY.get(name), "TUNING_PATIENCE", 0) or 0)
 
 
 def edge(name: str, value: Any) -> str | None:
@@ -96,7 +104,17 @@ def tune(
     inner, validation = split(train)
     if len(validation) < MIN_USERS or not inner:
         return {"params": {}, "scores": {}, "users": len(validation)}
-    scores = {value: score({param: value}, inner, validation) for value in values}
+    patience = patience_of(name)
+    scores: dict[Any, float] = {}
+    best_score, worse = -math.inf, 0
+    for value in values:
+        scores[value] = score({param: value}, inner, validation)
+        if math.isfinite(scores[value]) and scores[value] > best_score:
+            best_score, worse = scores[value], 0
+        else:
+            worse += 1
+            if patience and worse >= patience:
+                break  # an ordered grid past its optimum: the rest is not scored
     finite = {v: s for v, s in scores.items() if math.isfinite(s)}
     if not finite:
         return {"params": {}, "scores": {str(v): s for v, s in scores.items()},

@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -49,11 +50,16 @@ def gram(users: Tensor, items: Tensor, n_items: int) -> Tensor:
 
 
 def ease_weights(g: Tensor, lam: float) -> Tensor:
-    """EASE's ``B`` from the Gram matrix ``g`` and the L2 weight ``lam`` (> 0). Float32 is
+    """EASE's ``B`` from the Gram matrix ``g`` and the L2 weight ``lam`` (> 0; ``inf``: the
+    limit, which ranks like the co-occurrence counts ``G`` off the diagonal). Float32 is
     enough: ``λ`` of at least 1 keeps the system well conditioned (measured against float64 on
     ml-latest-small: max difference 5e-8 for weights up to 0.06), and it is 1.5-2x faster."""
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
+    if math.isinf(lam):  # the limit λ -> inf: B_ij -> G_ij / λ, the co-occurrence counts
+        b = g.to(torch.float32).clone()
+        b.diagonal().zero_()
+        return b
     a = g.to(torch.float32).clone()
     a.diagonal().add_(float(lam))
     p = torch.cholesky_inverse(torch.linalg.cholesky(a))

@@ -99,13 +99,38 @@ def test_tuning_flags_a_best_value_at_an_end_of_its_grid_unless_it_is_a_limit() 
 
     train = _events([(f"w{k % 30}", f"i{k % 7}") for k in range(300)])
     lams = tuning.grid("ease")[1]
-    assert tuning.tune("ease", train, split, best_at("lam", 1e9))["edge"] == "high"
     assert tuning.tune("ease", train, split, best_at("lam", 1e-3))["edge"] == "low"
     assert tuning.tune("ease", train, split, best_at("lam", lams[3]))["edge"] is None
     assert tuning.tune("itemknn", train, split, best_at("alpha", 0.1))["edge"] == "low"
     # α = 1 is where the asymmetric cosine's family ends, not where the grid stops short
     out = tuning.tune("itemknn", train, split, best_at("alpha", 3.0))
     assert out["params"] == {"alpha": 1.0} and out["edge"] is None
+    # λ = inf (co-occurrence counts) is EASE's end: the best there is not an edge either
+    rising = tuning.tune("ease", train, split, lambda p, i, v: -1.0 / p["lam"])
+    assert rising["params"] == {"lam": math.inf} and rising["edge"] is None
+
+
+def test_tuning_an_ordered_grid_stops_once_it_is_past_the_optimum() -> None:
+    """SASRec's epochs: after ``TUNING_PATIENCE`` values in a row below the best, the rest of
+    the grid is not scored (early stopping); the best is kept."""
+    scored: list[int] = []
+
+    def split(train):
+        return split_latest_users(train, 0.5, minimum=1)
+
+    def score(params, inner, validation):
+        scored.append(params["epochs"])
+        return -abs(params["epochs"] - 6)
+
+    train = _events([(f"w{k % 30}", f"i{k % 7}") for k in range(300)])
+    out = tuning.tune("sasrec", train, split, score)
+    epochs = tuning.grid("sasrec")[1]
+    assert out["params"] == {"epochs": 6} and out["edge"] is None
+    assert scored == [e for e in epochs if e <= 12]  # 8 and 12 fell below 6: stop there
+    assert set(out["scores"]) == {str(e) for e in scored}
+    scored.clear()
+    rising = tuning.tune("sasrec", train, split, lambda p, i, v: float(p["epochs"]))
+    assert rising["edge"] == "high" and len(rising["scores"]) == len(epochs)
 
 
 def test_matrix_table_names_baselines_tuned_at_an_end_of_their_grid() -> None:

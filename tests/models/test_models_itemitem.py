@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from models.itemitem import (
@@ -42,6 +44,21 @@ def test_ease_solves_each_column_with_a_zero_diagonal() -> None:
         expected = torch.linalg.solve(a, g[rest, j])
         torch.testing.assert_close(b[rest, j], expected, atol=1e-5, rtol=1e-4)
         assert b[j, j] == 0
+
+
+def test_ease_at_infinite_lambda_is_the_limit_of_growing_lambda() -> None:
+    """``λ = inf`` is where the family ends: ``λ·B(λ)`` tends to ``G`` off the diagonal, which
+    is what ``ease_weights(g, inf)`` returns (so a grid may end there)."""
+    x, u, i = _random_matrix(seed=2)
+    g = gram(u, i, x.shape[1])
+    limit = ease_weights(g, math.inf)
+    off = g.clone()
+    off.diagonal().zero_()
+    torch.testing.assert_close(limit, off)
+    far = 1e4 * ease_weights(g.double(), 1e4).double()
+    torch.testing.assert_close(far, off.double(), atol=0.05, rtol=0.01)
+    near = 3.0 * ease_weights(g, 3.0)
+    assert float((near - off).abs().max()) > 0.5  # a small λ is not the limit
 
 
 def test_vocabulary_keeps_the_most_interacted_items_with_evidence() -> None:
