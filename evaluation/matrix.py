@@ -291,7 +291,8 @@ def render(result: Mapping[str, Any], target: float = 1.05) -> str:
 
 def _edges(result: Mapping[str, Any], log_name: str) -> list[str]:
     """Lines naming every baseline whose tuned value on ``log_name`` sits at an end of its grid
-    (:func:`evaluation.tuning.edge`): the bar may be set too low there."""
+    (:func:`evaluation.tuning.edge`), overall or for one support size: the bar may be set too
+    low there."""
     found = []
     for run in result.get("runs", []):
         if run.get("log") != log_name:
@@ -300,6 +301,9 @@ def _edges(result: Mapping[str, Any], log_name: str) -> list[str]:
             if tuned.get("edge"):
                 found.append(f"{name} {tuned['params']} (seed {run.get('seed')}, "
                              f"{tuned['edge']} end)")
+            for key, end in (tuned.get("key_edges") or {}).items():
+                found.append(f"{name} at n={key} {tuned['per_key'][key]} (seed "
+                             f"{run.get('seed')}, {end} end)")
     if not found:
         return []
     return ["", "**Tuned at an end of its grid** (the best value may lie beyond it): "

@@ -501,6 +501,17 @@ def replay(
                                   support_sizes=support_sizes, new_user_fraction=new_user_fraction)
             meta.setdefault("tuning", {})[name] = tuned
             params = tuned["params"]
+            groups = _size_groups(tuned, support_sizes) if protocol == "few-shot" else []
+            if len(groups) > 1:  # a value per support size: one fit per distinct value
+                results[name], per_user[name], runner = _run_per_size(
+                    name, groups, data, split, k_list, seed, progress, meta,
+                    None if trace is None else trace.setdefault(name, {}))
+                fitted[name] = runner
+                latency[name] = latency_summary(runner.latencies_ms)
+                samples[name] = list(runner.latencies_ms)
+                meta["models"][name] = {**runner.info, "per_support_size": {
+                    str(n): p for p, sizes in groups for n in sizes}}
+                continue
         donor = (_core_donor(name, fitted) if protocol in ("few-shot", "query-rank")
                  and trace is None else None)
         runner = (KindlingRunner.sharing_core(donor, name) if donor is not None else make_runner(
@@ -531,6 +542,53 @@ def replay(
 
         meta["files"] = {k: str(v) for k, v in write_report(report, out_dir).items()}
     return report
+
+
+def _size_groups(tuned: Mapping[str, Any], support_sizes: Sequence[int]
+                 ) -> list[tuple[dict[str, Any], list[int]]]:
+    """The support sizes grouped by the value tuning chose for each (``tuned["per_key"]``;
+    sizes without one take the overall choice), in grid order of the value (a resumable
+    trainer, SASRec's, then trains each longer run on from the shorter one)."""
+    per_key = tuned.get("per_key") or {}
+    groups: dict[tuple, tuple[dict[str, Any], list[int]]] = {}
+    for n in sorted(support_sizes):
+        p = dict(per_key.get(str(n), tuned["params"]))
+        groups.setdefault(tuple(sorted(p.items())), (p, []))[1].append(n)
+    return sorted(groups.values(), key=lambda g: tuple(v for _, v in sorted(g[0].items())))
+
+
+def _run_per_size(
+    name: str,
+    groups: Sequence[tuple[dict[str, Any], list[int]]],
+    data: ReplayLog,
+    split: dict[str, Any],
+    k_list: Sequence[int],
+    seed: int,
+    progress: bool,
+    meta: dict[str, Any],
+    trace: dict[str, Any] | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], Runner]:
+    """Few-shot: a baseline tuned per support size (:func:`tune_baseline`) serves each size with
+    its own value: one fit per distinct value, each evaluated on its sizes only, merged."""
+    from evaluation.runners import BaselineRunner
+
+    results: dict[str, dict[str, float]] = {}
+    per_user: dict[str, Any] = {}
+    latencies: list[float] = []
+    runner: Runner | None = None
+    for params, sizes in groups:
+        runner = BaselineRunner(name, _universe(data, split["train"]), seed=seed, params=params)
+        out, users = _run(runner, data, split, "few-shot", k_list, sizes, progress, meta, trace)
+        results.update(out)
+        per_user.update({key: v for key, v in users.items() if key in out})
+        latencies.extend(runner.latencies_ms)
+    assert runner is not None
+    if "1" in results and "hr@10" in results["1"]:
+        meta.setdefault("first_recommendation_success", {})[name] = results["1"]["hr@10"]
+    runner.latencies_ms[:] = latencies
+    order = {str(n): i for i, n in enumerate(sorted(int(k) for k in results))}
+    return (dict(sorted(results.items(), key=lambda kv: order[kv[0]])),
+            dict(sorted(per_user.items(), key=lambda kv: order[kv[0]])), runner)
 
 
 def _core_donor(name: str, fitted: Mapping[str, Runner]) -> KindlingRunner | None:
@@ -618,22 +676,23 @@ def tune_baseline(
 ) -> dict[str, Any]:
     """Pick a baseline's main hyper-parameter on training users (:mod:`evaluation.tuning`): the
     few-shot protocol inside ``train`` (its ``new_user_fraction`` latest-arriving users are the
-    validation users, :func:`split_latest_users`), scored by mean NDCG@``k`` over
-    ``support_sizes``."""
+    validation users, :func:`split_latest_users`), scored by NDCG@``k`` per support size: one
+    value overall (best mean over ``support_sizes``) and one per size (``per_key``), as the
+    learners choose their gates per support-size bucket. The few-shot protocol serves each size
+    with its own value; query-rank uses the overall one."""
     from evaluation.runners import BaselineRunner
 
     def split(events: Sequence[Interaction]) -> tuple[list[Interaction], Mapping[str, list]]:
         return split_latest_users(events, new_user_fraction)
 
     def score(params: Mapping[str, Any], inner: list[Interaction],
-              validation: Mapping[str, list]) -> float:
+              validation: Mapping[str, list]) -> dict[str, float]:
         universe = _universe(data, inner)
         runner = BaselineRunner(name, universe, seed=seed, params=params)
         runner.fit(inner)
         out, _ = _few_shot(runner, validation, set(universe), support_sizes, (k,), False, None,
                            ratings=False)
-        values = [row[f"ndcg@{k}"] for row in out.values()]
-        return float(np.mean(values)) if values else math.nan
+        return {key: float(row[f"ndcg@{k}"]) for key, row in out.items()}
 
     t0 = time.perf_counter()
     result = tuning.tune(name, train, split, score)

@@ -73,7 +73,8 @@ def tune(
     name: str,
     train: Sequence[Interaction],
     split: Callable[[Sequence[Interaction]], tuple[list[Interaction], Mapping[str, list]]],
-    score: Callable[[Mapping[str, Any], list[Interaction], Mapping[str, list]], float],
+    score: Callable[[Mapping[str, Any], list[Interaction], Mapping[str, list]],
+                    float | Mapping[str, float]],
 ) -> dict[str, Any]:
     """Pick ``name``'s main hyper-parameter on ``train``.
 
@@ -87,8 +88,10 @@ def tune(
         ``split(train) -> (inner_train, validation_histories)``: the protocol's own split,
         applied inside the training data.
     score : callable
-        ``score(params, inner_train, validation) -> float`` (higher is better): fit the ranker
-        with ``params`` on ``inner_train`` and evaluate it on the validation users.
+        ``score(params, inner_train, validation)`` (higher is better): fit the ranker with
+        ``params`` on ``inner_train`` and evaluate it on the validation users. A float, or a
+        mapping ``{key: score}`` (e.g. per support size): then the value is also chosen per key,
+        and the overall score is the mean over the keys.
 
     Returns
     -------
@@ -96,6 +99,8 @@ def tune(
         ``{"params": {param: value}, "scores": {value: score}, "users": n, "edge": e}``;
         ``params`` is empty (the ranker's default) when there is no grid or too few validation
         users; ``edge`` is :func:`edge` of the chosen value (``"low"``, ``"high"`` or ``None``).
+        With per-key scores also ``"per_key": {key: {param: value}}``, ``"key_scores":
+        {key: {value: score}}`` and ``"key_edges": {key: edge}`` (keys whose edge is not None).
     """
     spec = grid(name)
     if spec is None:
@@ -106,11 +111,18 @@ def tune(
         return {"params": {}, "scores": {}, "users": len(validation)}
     patience = patience_of(name)
     scores: dict[Any, float] = {}
+    by_key: dict[str, dict[Any, float]] = {}
     best_score, worse = -math.inf, 0
     for value in values:
-        scores[value] = score({param: value}, inner, validation)
-        if math.isfinite(scores[value]) and scores[value] > best_score:
-            best_score, worse = scores[value], 0
+        got = score({param: value}, inner, validation)
+        if isinstance(got, Mapping):
+            for key, s in got.items():
+                by_key.setdefault(str(key), {})[value] = float(s)
+            finite_keys = [float(s) for s in got.values() if math.isfinite(s)]
+            got = sum(finite_keys) / len(finite_keys) if finite_keys else math.nan
+        scores[value] = got
+        if math.isfinite(got) and got > best_score:
+            best_score, worse = got, 0
         else:
             worse += 1
             if patience and worse >= patience:
@@ -120,5 +132,20 @@ def tune(
         return {"params": {}, "scores": {str(v): s for v, s in scores.items()},
                 "users": len(validation)}
     best = max(finite, key=lambda v: finite[v])  # ties: the first value of the grid
-    return {"params": {param: best}, "scores": {str(v): s for v, s in scores.items()},
-            "users": len(validation), "edge": edge(name, best)}
+    out = {"params": {param: best}, "scores": {str(v): s for v, s in scores.items()},
+           "users": len(validation), "edge": edge(name, best)}
+    if by_key:
+        per_key, key_edges = {}, {}
+        for key, row in by_key.items():
+            ok = {v: s for v, s in row.items() if math.isfinite(s)}
+            if not ok:
+                continue
+            chosen = max(ok, key=lambda v: ok[v])
+            per_key[key] = {param: chosen}
+            if edge(name, chosen):
+                key_edges[key] = edge(name, chosen)
+        out["per_key"] = per_key
+        out["key_scores"] = {key: {str(v): s for v, s in row.items()}
+                             for key, row in by_key.items()}
+        out["key_edges"] = key_edges
+    return out

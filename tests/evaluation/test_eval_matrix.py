@@ -147,6 +147,53 @@ def test_matrix_table_names_baselines_tuned_at_an_end_of_their_grid() -> None:
     assert "itemknn" not in a and "Tuned at an end" not in b
 
 
+def test_tuning_with_per_size_scores_also_chooses_a_value_per_size() -> None:
+    def split(train):
+        return split_latest_users(train, 0.5, minimum=1)
+
+    def score(params, inner, validation):  # n=1 wants α=0.5, n=10 wants α=0.9
+        a = params["alpha"]
+        return {"1": -abs(a - 0.5), "10": -abs(a - 0.9)}
+
+    train = _events([(f"w{k % 30}", f"i{k % 7}") for k in range(300)])
+    out = tuning.tune("itemknn", train, split, score)
+    assert out["per_key"] == {"1": {"alpha": 0.5}, "10": {"alpha": 0.9}}
+    assert out["key_edges"] == {"1": "low"}  # 0.5 is the first value of the grid
+    assert out["scores"]["0.7"] == pytest.approx(-0.2)  # overall: the mean over the sizes
+
+
+def test_few_shot_serves_each_support_size_with_its_own_tuned_value(small_log, monkeypatch
+                                                                   ) -> None:
+    """A baseline whose tuning chose different values per support size is fitted once per
+    value, and each size's figures are those of its own value's fit."""
+    import evaluation.replay as replay_module
+
+    def tuned_as(per_key, overall):
+        def fake(name, *args, **kwargs):
+            return {"params": {"alpha": overall}, "per_key": per_key, "scores": {}, "users": 9}
+        return fake
+
+    def run(per_key, overall):
+        monkeypatch.setattr(replay_module, "tune_baseline", tuned_as(per_key, overall))
+        return replay(small_log, protocol="few-shot", models=["itemknn"], support_sizes=(1, 3),
+                      k_list=(10,), progress=False)
+
+    mixed = run({"1": {"alpha": 0.5}, "3": {"alpha": 0.9}}, 0.9)
+    assert mixed["meta"]["models"]["itemknn"]["per_support_size"] == {
+        "1": {"alpha": 0.5}, "3": {"alpha": 0.9}}
+    low, high = run({}, 0.5), run({}, 0.9)
+    assert low["results"]["itemknn"]["1"]["ndcg@10"] != high["results"]["itemknn"]["1"]["ndcg@10"]
+    for n, alone in (("1", low), ("3", high)):
+        assert mixed["results"]["itemknn"][n] == pytest.approx(alone["results"]["itemknn"][n])
+        assert list(mixed["_per_user"]["itemknn"][n]["users"]) == list(
+            alone["_per_user"]["itemknn"][n]["users"])
+        np.testing.assert_allclose(mixed["_per_user"]["itemknn"][n]["ndcg@10"],
+                                   alone["_per_user"]["itemknn"][n]["ndcg@10"])
+    assert list(mixed["results"]["itemknn"]) == ["1", "3"]
+    assert mixed["meta"]["first_recommendation_success"]["itemknn"] == pytest.approx(
+        low["results"]["itemknn"]["1"]["hr@10"])
+
+
 @pytest.fixture(scope="module")
 def small_log():
     return generate(120, 150, 4, (8, 25), seed=3)
