@@ -495,44 +495,42 @@ def replay(
     per_user: dict[str, dict[str, Any]] = {}
     fitted: dict[str, Runner] = {}
     for name in models:
-        params = None
+        params, groups = None, []
         if tune_baselines and is_baseline(name) and protocol in ("few-shot", "query-rank"):
             tuned = tune_baseline(name, data, split["train"], seed=seed,
                                   support_sizes=support_sizes, new_user_fraction=new_user_fraction)
             meta.setdefault("tuning", {})[name] = tuned
             params = tuned["params"]
             groups = _size_groups(tuned, support_sizes) if protocol == "few-shot" else []
-            if len(groups) > 1:  # a value per support size: one fit per distinct value
-                results[name], per_user[name], runner = _run_per_size(
-                    name, groups, data, split, k_list, seed, progress, meta,
-                    None if trace is None else trace.setdefault(name, {}))
-                fitted[name] = runner
-                latency[name] = latency_summary(runner.latencies_ms)
-                samples[name] = list(runner.latencies_ms)
-                meta["models"][name] = {**runner.info, "per_support_size": {
-                    str(n): p for p, sizes in groups for n in sizes}}
-                continue
-        donor = (_core_donor(name, fitted) if protocol in ("few-shot", "query-rank")
-                 and trace is None else None)
-        runner = (KindlingRunner.sharing_core(donor, name) if donor is not None else make_runner(
-            name,
-            data,
-            _universe(data, split["train"]),
-            seed=seed,
-            train_steps=train_steps,
-            settings=settings,
-            params=params,
-        ))
-        if serve_via is not None and not is_baseline(name):
-            runner = serve_via(runner, data)
         model_trace = None if trace is None else trace.setdefault(name, {})
-        results[name], per_user[name] = _run(
-            runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
-        )
+        if len(groups) > 1:  # a value per support size: one fit per distinct value
+            results[name], per_user[name], runner, latencies = _run_per_size(
+                name, groups, data, split, k_list, seed, progress, meta, model_trace)
+            info = {**runner.info, "per_support_size": {
+                str(n): p for p, sizes in groups for n in sizes}}
+        else:
+            donor = (_core_donor(name, fitted) if protocol in ("few-shot", "query-rank")
+                     and trace is None else None)
+            runner = (KindlingRunner.sharing_core(donor, name) if donor is not None
+                      else make_runner(
+                          name,
+                          data,
+                          _universe(data, split["train"]),
+                          seed=seed,
+                          train_steps=train_steps,
+                          settings=settings,
+                          params=params,
+                      ))
+            if serve_via is not None and not is_baseline(name):
+                runner = serve_via(runner, data)
+            results[name], per_user[name] = _run(
+                runner, data, split, protocol, k_list, support_sizes, progress, meta, model_trace
+            )
+            latencies, info = runner.latencies_ms, runner.info
         fitted[name] = runner
-        latency[name] = latency_summary(runner.latencies_ms)
-        samples[name] = list(runner.latencies_ms)
-        meta["models"][name] = runner.info
+        latency[name] = latency_summary(latencies)
+        samples[name] = list(latencies)
+        meta["models"][name] = info
         logger.info("%s done (%s)", name, protocol)
     meta["seconds"] = time.perf_counter() - t_start
     report = {"results": results, "meta": meta, "latency_ms": latency, "_latency_samples": samples,
@@ -567,9 +565,10 @@ def _run_per_size(
     progress: bool,
     meta: dict[str, Any],
     trace: dict[str, Any] | None,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any], Runner]:
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], Runner, list[float]]:
     """Few-shot: a baseline tuned per support size (:func:`tune_baseline`) serves each size with
-    its own value: one fit per distinct value, each evaluated on its sizes only, merged."""
+    its own value: one fit per distinct value, each evaluated on its sizes only, merged.
+    Returns the results and per-user values by size, the last runner and every fit's latencies."""
     from evaluation.runners import BaselineRunner
 
     results: dict[str, dict[str, float]] = {}
@@ -578,6 +577,8 @@ def _run_per_size(
     runner: Runner | None = None
     for params, sizes in groups:
         runner = BaselineRunner(name, _universe(data, split["train"]), seed=seed, params=params)
+        # every fit also runs n = 1 first, as the single-value path does: River MF's figures at
+        # a size change when n = 1 has not run before it (checked on a synthetic log)
         out, users = _run(runner, data, split, "few-shot", k_list, sizes, progress, meta, trace)
         results.update(out)
         per_user.update({key: v for key, v in users.items() if key in out})
@@ -585,10 +586,8 @@ def _run_per_size(
     assert runner is not None
     if "1" in results and "hr@10" in results["1"]:
         meta.setdefault("first_recommendation_success", {})[name] = results["1"]["hr@10"]
-    runner.latencies_ms[:] = latencies
-    order = {str(n): i for i, n in enumerate(sorted(int(k) for k in results))}
-    return (dict(sorted(results.items(), key=lambda kv: order[kv[0]])),
-            dict(sorted(per_user.items(), key=lambda kv: order[kv[0]])), runner)
+    return (dict(sorted(results.items(), key=lambda kv: int(kv[0]))),
+            dict(sorted(per_user.items(), key=lambda kv: int(kv[0]))), runner, latencies)
 
 
 def _core_donor(name: str, fitted: Mapping[str, Runner]) -> KindlingRunner | None:
