@@ -5,8 +5,10 @@ The few-shot protocol's new users are the test set, so nothing about them may pi
 become validation users (``evaluation.replay.split_latest_users``), the ranker is fitted on the
 others' events with
 each value of its ``TUNING`` grid (:data:`evaluation.baselines.REGISTRY`), and the value with the
-best mean NDCG@10 over the support sizes wins. The caller then fits on all training events with
-it. Kindling learners select their own settings the same way inside ``train_bundle``.
+best mean NDCG@10 over the support sizes wins; with a score per support size, a value is also
+chosen for each size (the few-shot replay serves each size with its own). The caller then fits
+on all training events with it. Kindling learners select their own settings the same way
+inside ``train_bundle``.
 
 A best value at either end of a grid (:func:`edge`) says the optimum may lie beyond it, i.e. the
 baseline may be under-tuned and the bar too low; the quality matrix lists every such choice
@@ -91,7 +93,8 @@ def tune(
         ``score(params, inner_train, validation)`` (higher is better): fit the ranker with
         ``params`` on ``inner_train`` and evaluate it on the validation users. A float, or a
         mapping ``{key: score}`` (e.g. per support size): then the value is also chosen per key,
-        and the overall score is the mean over the keys.
+        among the values scored (early stopping follows the overall score), and the overall
+        score is the mean over the keys.
 
     Returns
     -------
@@ -127,25 +130,29 @@ def tune(
             worse += 1
             if patience and worse >= patience:
                 break  # an ordered grid past its optimum: the rest is not scored
-    finite = {v: s for v, s in scores.items() if math.isfinite(s)}
-    if not finite:
+    best = _best(scores)
+    if best is None:
         return {"params": {}, "scores": {str(v): s for v, s in scores.items()},
                 "users": len(validation)}
-    best = max(finite, key=lambda v: finite[v])  # ties: the first value of the grid
     out = {"params": {param: best}, "scores": {str(v): s for v, s in scores.items()},
            "users": len(validation), "edge": edge(name, best)}
     if by_key:
         per_key, key_edges = {}, {}
         for key, row in by_key.items():
-            ok = {v: s for v, s in row.items() if math.isfinite(s)}
-            if not ok:
+            chosen = _best(row)
+            if chosen is None:
                 continue
-            chosen = max(ok, key=lambda v: ok[v])
             per_key[key] = {param: chosen}
-            if edge(name, chosen):
-                key_edges[key] = edge(name, chosen)
+            if end := edge(name, chosen):
+                key_edges[key] = end
         out["per_key"] = per_key
         out["key_scores"] = {key: {str(v): s for v, s in row.items()}
                              for key, row in by_key.items()}
         out["key_edges"] = key_edges
     return out
+
+
+def _best(scores: Mapping[Any, float]) -> Any:
+    """The value with the highest finite score (ties: the first in grid order), or None."""
+    finite = {v: s for v, s in scores.items() if math.isfinite(s)}
+    return max(finite, key=lambda v: finite[v]) if finite else None
