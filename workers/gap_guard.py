@@ -38,6 +38,8 @@ from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.types import TP
 from mode import Service, ServiceT
 
+from workers.deliver import deliver
+
 log = logging.getLogger("kindling.consumer")
 
 
@@ -271,9 +273,8 @@ async def _drain_messages(self: Any, fetcher: ServiceT) -> None:  # pragma: no c
                             if self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                        await self.wait_first(
-                            callback(message), self.suspend_flow.wait()
-                        )
+                        await deliver(self, callback, message,  # kindling: no tasks
+                                      self.suspend_flow)  # when on_message does not suspend
                         set_read_offset(tp, offset)
                         guard.processed(tp, offset)  # kindling
                     else:
