@@ -54,10 +54,6 @@ class _Rest:
                     return stop.value
 
 
-async def _rest(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _Rest(coro, first)
-
-
 async def deliver(service: Any, callback: Callable[[Any], Awaitable[None]], message: Any,
                   suspend_flow: Any) -> None:
     """``await service.wait_first(callback(message), suspend_flow.wait())``, without its tasks
@@ -68,5 +64,5 @@ async def deliver(service: Any, callback: Callable[[Any], Awaitable[None]], mess
         first = coro.send(None)  # type: ignore[attr-defined]
     except StopIteration:
         return
-    await service.wait_first(_rest(coro, first), suspend_flow.wait())
+    await service.wait_first(_Rest(coro, first), suspend_flow.wait())  # wait_first makes it a task
 
