@@ -84,19 +84,21 @@ def inner_gradients(
     tuple of Tensor
         ``(grad_u (B, d), grad_r (B, d), grad_c (B,))``.
     """
-    z = torch.einsum("bsd,bd->bs", hs, u) + bs  # (B, S)
+    # batched matmuls, not einsum: the same kernels without einsum's per-call parsing
+    z = torch.bmm(hs, u.unsqueeze(2)).squeeze(2) + bs  # (B, S)
     neg = u @ hn.T + bn  # (B, K)
     lse = torch.logsumexp(neg, dim=1, keepdim=True)  # (B, 1)
     q = torch.softmax(neg, dim=1)  # (B, K)
     e_neg = q @ hn  # (B, d)
     coef = w * (1.0 - torch.sigmoid(z - lse))  # (B, S)
     denom = (w.sum(1, keepdim=True) + prior_count).clamp(min=1e-6)
-    grad_u = (coef.sum(1, keepdim=True) * e_neg - torch.einsum("bs,bsd->bd", coef, hs)) / denom
+    pulled = torch.bmm(coef.unsqueeze(1), hs).squeeze(1)  # Σ_s coef_s h_s
+    grad_u = (coef.sum(1, keepdim=True) * e_neg - pulled) / denom
 
     rm = rmask.to(u.dtype)
-    err = (torch.einsum("bsd,bd->bs", hs, r) + c[:, None] - resid_target) * rm  # (B, S)
+    err = (torch.bmm(hs, r.unsqueeze(2)).squeeze(2) + c[:, None] - resid_target) * rm  # (B, S)
     n_r = rm.sum(1).clamp(min=1.0)
-    grad_r = 2.0 * torch.einsum("bs,bsd->bd", err, hs) / n_r[:, None]
+    grad_r = 2.0 * torch.bmm(err.unsqueeze(1), hs).squeeze(1) / n_r[:, None]
     grad_c = 2.0 * err.sum(1) / n_r
     return grad_u, grad_r, grad_c
 
