@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,8 +69,11 @@ def bloom_positions(item_ids: list[str]) -> np.ndarray:
     )
 
 
-@dataclass(slots=True)
-class SupportEvent:
+class SupportEvent(NamedTuple):
+    """One event of a support set. A tuple, so a record's events are built and taken apart a
+    column at a time (``zip``/``map``) with no Python call per event: the codec runs for every
+    user of every micro-batch. Never changed once made."""
+
     event_hash: int
     item_id: str
     kind: str
@@ -85,6 +91,14 @@ class SupportEvent:
 
     def rating(self) -> float:
         return self.value if self.kind == "rate" else float("nan")
+
+
+_HASH = itemgetter(0)  # SupportEvent.event_hash, as a C-level getter for ``map``
+
+
+def _events(columns: Iterable[tuple[Any, ...]]) -> list[SupportEvent]:
+    """SupportEvents from rows of its five fields, without a Python call per row."""
+    return list(map(tuple.__new__, repeat(SupportEvent), columns))
 
 
 @dataclass
@@ -111,7 +125,7 @@ class UserSupport:
                            self.n_total, self.last_offset)
 
     def seen_event(self, digest: int) -> bool:
-        return digest in self.evicted_ids or any(e.event_hash == digest for e in self.events)
+        return digest in self.evicted_ids or digest in map(_HASH, self.events)
 
     def add(self, event: Interaction, capacity: int, dedup_window: int) -> bool:
         """Append ``event``; evict the oldest beyond ``capacity``. Returns False (and changes
@@ -158,26 +172,33 @@ class UserSupport:
         # [evicted ids] [Bloom]
         events = self.events
         n = len(events)
-        ids = [e.item_id.encode("utf-8") for e in events]
-        lengths = [len(raw) for raw in ids]
-        longest = max(lengths, default=0)
-        if longest > MAX_ITEM_ID_BYTES:
-            raise SchemaError(f"item id is {longest} UTF-8 bytes, over {MAX_ITEM_ID_BYTES}")
         parts = [bytes((_FORMAT,)), _varint(self.n_total), _varint(n),
                  _varint(len(self.evicted_ids)), _varint(len(self.bloom)),
                  _varint(self.last_offset + 1)]
         if n:
-            newest = events[-1].ts
-            offsets = [newest - e.ts for e in events]
+            hashes, item_ids, kinds, values, stamps = zip(*events, strict=True)  # the columns, in C
+            joined = "".join(item_ids)
+            if joined.isascii():  # the usual case: one encode, byte lengths = string lengths
+                blob = joined.encode("ascii")
+                lengths = list(map(len, item_ids))
+            else:
+                raws = [i.encode("utf-8") for i in item_ids]
+                blob = b"".join(raws)
+                lengths = list(map(len, raws))
+            longest = max(lengths)
+            if longest > MAX_ITEM_ID_BYTES:
+                raise SchemaError(f"item id is {longest} UTF-8 bytes, over {MAX_ITEM_ID_BYTES}")
+            newest = stamps[-1]
+            offsets = list(map(newest.__sub__, stamps))  # newest - ts, per event
             if max(offsets) > _F32_MAX or min(offsets) < -_F32_MAX:
                 # absurd but finite wire timestamps (1e300 next to 1.7e9): saturate, not crash
                 offsets = [min(max(o, -_F32_MAX), _F32_MAX) for o in offsets]
             parts.append(struct.pack(
-                f"<d{n}Q{n}B{n}f{n}f", newest, *[e.event_hash for e in events],
-                *[_KIND_CODES[e.kind] for e in events], *[e.value for e in events], *offsets))
+                f"<d{n}Q{n}B{n}f{n}f", newest, *hashes, *map(_KIND_CODES.__getitem__, kinds),
+                *values, *offsets))
             # one byte per length while every id is under 128 bytes (the usual case)
             parts.append(bytes(lengths) if longest < 0x80 else b"".join(map(_varint, lengths)))
-            parts.extend(ids)
+            parts.append(blob)
         parts.append(struct.pack(f"<{len(self.evicted_ids)}Q", *self.evicted_ids))
         parts.append(bytes(self.bloom))
         return b"".join(parts)
@@ -225,21 +246,29 @@ class UserSupport:
             pos += 8 + 17 * n
             newest = fixed[0]
             head = raw[pos : pos + n]
+            lengths: Iterable[int]
             if len(head) == n and max(head) < 0x80:
-                lengths = list(head)  # every length is a one-byte varint
+                lengths = head  # every length is a one-byte varint
                 pos += n
             else:
                 lengths = []
                 for _ in range(n):
                     length, pos = _read_varint(raw, pos)
                     lengths.append(length)
-            for i, length in enumerate(lengths, start=1):
-                if pos + length > len(raw):
-                    raise SchemaError("corrupt support-set record: truncated item id")
-                item_id = raw[pos : pos + length].decode("utf-8")
-                pos += length
-                events.append(SupportEvent(fixed[i], item_id, _KINDS[fixed[n + i]],
-                                           fixed[2 * n + i], newest - fixed[3 * n + i]))
+            cuts = list(accumulate(lengths, initial=0))
+            end = pos + cuts[-1]
+            if end > len(raw):
+                raise SchemaError("corrupt support-set record: truncated item id")
+            blob = raw[pos:end]
+            # one decode for the whole column when it is ASCII (offsets in bytes = in chars)
+            text: str | bytes = blob.decode("ascii") if blob.isascii() else blob
+            ids = list(map(text.__getitem__, map(slice, cuts, cuts[1:])))
+            if text is blob:
+                ids = [i.decode("utf-8") for i in ids]
+            pos = end
+            events = _events(zip(
+                fixed[1 : n + 1], ids, map(_KINDS.__getitem__, fixed[n + 1 : 2 * n + 1]),
+                fixed[2 * n + 1 : 3 * n + 1], map(newest.__sub__, fixed[3 * n + 1 :]), strict=True))
         return cls._tail(raw, pos, events, n_evicted, n_bloom, n_total, last_offset - 1)
 
     @classmethod
