@@ -109,15 +109,20 @@ def neighbour_scores(
         (B, n_items) float32 scores.
     """
     b, s = items.shape
-    out = torch.zeros(b, n_items + 1, dtype=table_val.dtype)
+    width = n_items + 1
     if s == 0 or table_idx.shape[1] == 0:
-        return out[:, :n_items]
-    # index_select on the flattened rows, not ``table[items]``: the same gather, ~2.5x faster
-    # on CPU (advanced indexing takes a general path; 256 users x 20 events x 128 neighbours)
-    flat = items.reshape(-1)
-    k = table_idx.shape[1]
-    cols = table_idx.index_select(0, flat).view(b, s * k)  # (B, S·k)
-    vals = (table_val.index_select(0, flat).view(b, s, k)
-            * weights[..., None].to(table_val.dtype)).view(b, s * k)
-    out.scatter_add_(1, cols, vals)
-    return out[:, :n_items]
+        return torch.zeros(b, width, dtype=table_val.dtype)[:, :n_items]
+    # Only the weighted events are gathered: a batch pads every user to its longest support
+    # (about half the slots at 3-20 events), and padding would scatter k zeros each into the
+    # same columns. Rows of the kept events go through index_select, ~2.5x faster on CPU than
+    # advanced indexing; one flat scatter over (B·(N+1)) adds them in the same order as a
+    # per-row scatter would, so the sums are the same to the bit.
+    flat_w = weights.reshape(-1)
+    keep = flat_w.nonzero().squeeze(1)
+    rows = items.reshape(-1).index_select(0, keep)
+    cols = (table_idx.index_select(0, rows) + (keep // s * width)[:, None]).view(-1)
+    vals = (table_val.index_select(0, rows)
+            * flat_w.index_select(0, keep).to(table_val.dtype)[:, None]).view(-1)
+    out = torch.zeros(b * width, dtype=table_val.dtype)
+    out.scatter_add_(0, cols, vals)
+    return out.view(b, width)[:, :n_items]
