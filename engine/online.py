@@ -66,7 +66,7 @@ def bucket_of(sizes: np.ndarray | Sequence[int]) -> np.ndarray:
 def size_before(snap: Snapshot) -> int:
     """Support-set size before a fresh event, from the snapshot taken after it: the set holds
     the newest ``capacity`` events, so it held ``min(n_total - 1, len)`` before this one."""
-    return min(snap.support.n_total - 1, len(snap.support.events))
+    return min(snap.support.n_total - 1, len(snap.support))
 
 
 @dataclass

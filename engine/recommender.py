@@ -24,7 +24,7 @@ from engine.catalog import Catalog
 from engine.exploration import Explorer, checked_reward
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
-from engine.support import BLOOM_BYTES, UserSupport
+from engine.support import BLOOM_BYTES, UserSupport, target_of
 from models.base import SupportBatch
 from models.recency import DecayedCounts
 from schemas import Interaction, RankedItems, RatingScale, RecItem, Recommendation
@@ -220,20 +220,22 @@ class Recommender:
         catalog = self.catalog
         index, ids, has_content = catalog.index, catalog.ids, catalog.has_content
         vocab = self.bundle.vocab_index
-        for e in support.events:  # locals, not attribute look-ups: this runs for every event
-            row = index.get(e.item_id)
+        scale, nan = self.scale, math.nan
+        # the support's columns, not an object per event: this runs for every event
+        for item_id, kind, value in zip(support.ids, support.kinds, support.values, strict=True):
+            row = index.get(item_id)
             if row is None:
-                row = catalog.ensure(e.item_id, event.domain)
+                row = catalog.ensure(item_id, event.domain)
             exclude.append(row)
             if not (has_content[row] or ids[row] in vocab):
                 # Neither content nor a trained id embedding: nothing to learn from yet.
                 self.skipped_unknown += 1
                 log.debug("support item %s skipped: no content and unknown to model %s",
-                          e.item_id, self.bundle.version)
+                          item_id, self.bundle.version)
                 continue
             rows.append(row)
-            targets.append(e.target(self.scale))
-            ratings.append(e.rating())
+            targets.append(target_of(kind, value, scale))
+            ratings.append(value if kind == "rate" else nan)
         return Snapshot(event, duplicate, rows, targets, ratings, exclude, support)
 
     def request(

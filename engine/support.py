@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from itertools import accumulate, repeat
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -69,10 +67,20 @@ def bloom_positions(item_ids: list[str]) -> np.ndarray:
     )
 
 
+def target_of(kind: str, value: float, scale: RatingScale) -> float:
+    """The learning target of one support event (what the inner loop fits)."""
+    if kind == "rate":
+        return scale.to_unit(value)
+    if kind == "skip":
+        return 0.0
+    if kind == "view":
+        return value if 0.0 <= value <= 1.0 else 0.5
+    return 1.0
+
+
 class SupportEvent(NamedTuple):
-    """One event of a support set. A tuple, so a record's events are built and taken apart a
-    column at a time (``zip``/``map``) with no Python call per event: the codec runs for every
-    user of every micro-batch. Never changed once made."""
+    """One event of a support set, as :attr:`UserSupport.events` lists them (a view: the set
+    itself keeps its events as columns)."""
 
     event_hash: int
     item_id: str
@@ -81,51 +89,83 @@ class SupportEvent(NamedTuple):
     ts: float
 
     def target(self, scale: RatingScale) -> float:
-        if self.kind == "rate":
-            return scale.to_unit(self.value)
-        if self.kind == "skip":
-            return 0.0
-        if self.kind == "view":
-            return self.value if 0.0 <= self.value <= 1.0 else 0.5
-        return 1.0
+        return target_of(self.kind, self.value, scale)
 
     def rating(self) -> float:
         return self.value if self.kind == "rate" else float("nan")
 
 
-_HASH = itemgetter(0)  # SupportEvent.event_hash, as a C-level getter for ``map``
-
-
-def _events(columns: Iterable[tuple[Any, ...]]) -> list[SupportEvent]:
-    """SupportEvents from rows of its five fields, without a Python call per row."""
-    return list(map(tuple.__new__, repeat(SupportEvent), columns))
-
-
-@dataclass
 class UserSupport:
     """Most recent ``capacity`` events (oldest first), ids of recently evicted events, a Bloom
     filter of evicted items (to keep excluding items seen long ago), a lifetime count, and the
-    interactions-topic offset of the newest event processed (-1: none known)."""
+    interactions-topic offset of the newest event processed (-1: none known).
 
-    events: list[SupportEvent] = field(default_factory=list)
-    evicted_ids: list[int] = field(default_factory=list)
-    bloom: bytearray = field(default_factory=bytearray)
-    n_total: int = 0
-    last_offset: int = -1
+    The events are kept as five columns (hashes, item ids, kinds, values, timestamps), the
+    layout of the stored record: decoding, appending, encoding and reading a snapshot's items
+    touch lists of numbers and strings, never an object per event. This runs for every user of
+    every micro-batch. :attr:`events` builds :class:`SupportEvent` tuples for readers that want
+    them."""
+
+    __slots__ = ("hashes", "ids", "kinds", "values", "stamps", "evicted_ids", "bloom",
+                 "n_total", "last_offset")
+
+    def __init__(self, events: Iterable[SupportEvent] = (), evicted_ids: list[int] | None = None,
+                 bloom: bytearray | None = None, n_total: int = 0,
+                 last_offset: int = -1) -> None:
+        rows = list(events)
+        cols: list[Any] = ([list(c) for c in zip(*rows, strict=True)] if rows
+                           else [[] for _ in range(5)])
+        self.hashes: list[int] = cols[0]
+        self.ids: list[str] = cols[1]
+        self.kinds: list[str] = cols[2]
+        self.values: list[float] = cols[3]
+        self.stamps: list[float] = cols[4]
+        self.evicted_ids: list[int] = [] if evicted_ids is None else evicted_ids
+        self.bloom: bytearray = bytearray() if bloom is None else bloom
+        self.n_total = n_total
+        self.last_offset = last_offset
+
+    @classmethod
+    def _of_columns(cls, hashes: list[int], ids: list[str], kinds: list[str],
+                    values: list[float], stamps: list[float], evicted_ids: list[int],
+                    bloom: bytearray, n_total: int, last_offset: int) -> UserSupport:
+        out = cls.__new__(cls)
+        out.hashes, out.ids, out.kinds, out.values, out.stamps = hashes, ids, kinds, values, stamps
+        out.evicted_ids, out.bloom = evicted_ids, bloom
+        out.n_total, out.last_offset = n_total, last_offset
+        return out
+
+    @property
+    def events(self) -> list[SupportEvent]:
+        """The events, oldest first, as tuples (a new list: changing it changes nothing)."""
+        return list(map(tuple.__new__, repeat(SupportEvent),
+                        zip(self.hashes, self.ids, self.kinds, self.values, self.stamps,
+                            strict=True)))
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.ids)
 
     def __iter__(self) -> Iterator[SupportEvent]:
         return iter(self.events)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserSupport):
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (f"UserSupport(events={self.events!r}, evicted_ids={self.evicted_ids!r}, "
+                f"bloom={bytes(self.bloom)!r}, n_total={self.n_total}, "
+                f"last_offset={self.last_offset})")
+
     def copy(self) -> UserSupport:
-        """An independent copy (the events themselves are never changed, so they are shared)."""
-        return UserSupport(list(self.events), list(self.evicted_ids), bytearray(self.bloom),
-                           self.n_total, self.last_offset)
+        """An independent copy."""
+        return self._of_columns(list(self.hashes), list(self.ids), list(self.kinds),
+                                list(self.values), list(self.stamps), list(self.evicted_ids),
+                                bytearray(self.bloom), self.n_total, self.last_offset)
 
     def seen_event(self, digest: int) -> bool:
-        return digest in self.evicted_ids or digest in map(_HASH, self.events)
+        return digest in self.evicted_ids or digest in self.hashes
 
     def add(self, event: Interaction, capacity: int, dedup_window: int) -> bool:
         """Append ``event``; evict the oldest beyond ``capacity``. Returns False (and changes
@@ -135,15 +175,20 @@ class UserSupport:
         digest = event_hash(event.event_id)
         if self.seen_event(digest):
             return False
-        self.events.append(
-            SupportEvent(digest, event.item_id, event.kind, float(event.value), float(event.ts))
-        )
+        self.hashes.append(digest)
+        self.ids.append(event.item_id)
+        self.kinds.append(event.kind)
+        self.values.append(float(event.value))
+        self.stamps.append(float(event.ts))
         self.n_total += 1
-        while len(self.events) > capacity:
-            old = self.events.pop(0)
-            self._remember_item(old.item_id)
+        if len(self.ids) > capacity:
+            drop = len(self.ids) - capacity
+            for item_id in self.ids[:drop]:
+                self._remember_item(item_id)
             if dedup_window > 0:
-                self.evicted_ids.append(old.event_hash)
+                self.evicted_ids.extend(self.hashes[:drop])
+            for column in (self.hashes, self.ids, self.kinds, self.values, self.stamps):
+                del column[:drop]
         if len(self.evicted_ids) > dedup_window:
             del self.evicted_ids[: len(self.evicted_ids) - dedup_window]
         return True
@@ -155,7 +200,7 @@ class UserSupport:
             self.bloom[pos >> 3] |= 1 << (pos & 7)
 
     def item_ids(self) -> list[str]:
-        return [e.item_id for e in self.events]
+        return list(self.ids)
 
     def seen_mask(self, positions: np.ndarray) -> np.ndarray | None:
         """Boolean (N,) mask of catalog items probably evicted from this support set, given the
@@ -170,13 +215,12 @@ class UserSupport:
         # Columnar, so the fixed-width fields pack in one struct call: [header varints]
         # [newest ts: float64] [hashes][kinds][values][ts offsets: float32] [id lengths] [ids]
         # [evicted ids] [Bloom]
-        events = self.events
-        n = len(events)
+        n = len(self.ids)
         parts = [bytes((_FORMAT,)), _varint(self.n_total), _varint(n),
                  _varint(len(self.evicted_ids)), _varint(len(self.bloom)),
                  _varint(self.last_offset + 1)]
         if n:
-            hashes, item_ids, kinds, values, stamps = zip(*events, strict=True)  # the columns, in C
+            item_ids = self.ids
             joined = "".join(item_ids)
             if joined.isascii():  # the usual case: one encode, byte lengths = string lengths
                 blob = joined.encode("ascii")
@@ -188,14 +232,15 @@ class UserSupport:
             longest = max(lengths)
             if longest > MAX_ITEM_ID_BYTES:
                 raise SchemaError(f"item id is {longest} UTF-8 bytes, over {MAX_ITEM_ID_BYTES}")
+            stamps = self.stamps
             newest = stamps[-1]
             offsets = list(map(newest.__sub__, stamps))  # newest - ts, per event
             if max(offsets) > _F32_MAX or min(offsets) < -_F32_MAX:
                 # absurd but finite wire timestamps (1e300 next to 1.7e9): saturate, not crash
                 offsets = [min(max(o, -_F32_MAX), _F32_MAX) for o in offsets]
             parts.append(struct.pack(
-                f"<d{n}Q{n}B{n}f{n}f", newest, *hashes, *map(_KIND_CODES.__getitem__, kinds),
-                *values, *offsets))
+                f"<d{n}Q{n}B{n}f{n}f", newest, *self.hashes,
+                *map(_KIND_CODES.__getitem__, self.kinds), *self.values, *offsets))
             # one byte per length while every id is under 128 bytes (the usual case)
             parts.append(bytes(lengths) if longest < 0x80 else b"".join(map(_varint, lengths)))
             parts.append(blob)
@@ -219,7 +264,7 @@ class UserSupport:
             if fmt >= 3:
                 (last_offset,) = _OFFSET.unpack_from(raw, offset)
                 offset += _OFFSET.size
-            events = []
+            cols: tuple[list[Any], ...] = ([], [], [], [], [])
             for _ in range(n_events):
                 digest, kind, value, ts, n = layout.unpack_from(raw, offset)
                 offset += layout.size
@@ -227,8 +272,10 @@ class UserSupport:
                     raise SchemaError("corrupt support-set record: truncated item id")
                 item_id = raw[offset : offset + n].decode("utf-8")
                 offset += n
-                events.append(SupportEvent(digest, item_id, _KINDS[kind], value, ts))
-            return cls._tail(raw, offset, events, n_evicted, n_bloom, n_total, last_offset)
+                for column, field_value in zip(cols, (digest, item_id, _KINDS[kind], value, ts),
+                                               strict=True):
+                    column.append(field_value)
+            return cls._tail(raw, offset, cols, n_evicted, n_bloom, n_total, last_offset)
         except (struct.error, KeyError, UnicodeDecodeError, IndexError) as exc:
             raise SchemaError(f"corrupt support-set record: {exc!r}") from None
 
@@ -240,7 +287,7 @@ class UserSupport:
         n_evicted, pos = _read_varint(raw, pos)
         n_bloom, pos = _read_varint(raw, pos)
         last_offset, pos = _read_varint(raw, pos)
-        events: list[SupportEvent] = []
+        cols: tuple[list[Any], ...] = ([], [], [], [], [])
         if n:
             fixed = struct.unpack_from(f"<d{n}Q{n}B{n}f{n}f", raw, pos)
             pos += 8 + 17 * n
@@ -266,13 +313,14 @@ class UserSupport:
             if text is blob:
                 ids = [i.decode("utf-8") for i in ids]
             pos = end
-            events = _events(zip(
-                fixed[1 : n + 1], ids, map(_KINDS.__getitem__, fixed[n + 1 : 2 * n + 1]),
-                fixed[2 * n + 1 : 3 * n + 1], map(newest.__sub__, fixed[3 * n + 1 :]), strict=True))
-        return cls._tail(raw, pos, events, n_evicted, n_bloom, n_total, last_offset - 1)
+            cols = (list(fixed[1 : n + 1]), ids,
+                    list(map(_KINDS.__getitem__, fixed[n + 1 : 2 * n + 1])),
+                    list(fixed[2 * n + 1 : 3 * n + 1]),
+                    list(map(newest.__sub__, fixed[3 * n + 1 :])))
+        return cls._tail(raw, pos, cols, n_evicted, n_bloom, n_total, last_offset - 1)
 
     @classmethod
-    def _tail(cls, raw: bytes, offset: int, events: list[SupportEvent], n_evicted: int,
+    def _tail(cls, raw: bytes, offset: int, cols: tuple[list[Any], ...], n_evicted: int,
               n_bloom: int, n_total: int, last_offset: int) -> UserSupport:
         evicted = list(struct.unpack_from(f"<{n_evicted}Q", raw, offset))
         offset += 8 * n_evicted
@@ -281,8 +329,7 @@ class UserSupport:
             raise SchemaError(
                 f"corrupt support-set record: {len(raw)} bytes, expected {offset + n_bloom}"
             )
-        return cls(events=events, evicted_ids=evicted, bloom=bloom, n_total=n_total,
-                   last_offset=last_offset)
+        return cls._of_columns(*cols, evicted, bloom, n_total, last_offset)
 
 
 # Small single-byte varints are the common case (counts, id lengths): precomputed.
