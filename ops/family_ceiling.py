@@ -1,0 +1,175 @@
+"""How far the co-occurrence and popularity family can go on a log's new users: a diagnostic.
+
+``python -m ops.family_ceiling LOG [LOG ...] [--out FILE]`` runs the few-shot protocol's split
+(:func:`evaluation.replay.split_new_users`, new users = first event in the last 20% of the time
+span; validation = the latest 20% of the training users, :func:`split_latest_users`) and scores
+NDCG@10 after n = 1, 3, 5, 10 events for a grid of rankers built only from the binary training
+matrix ``X`` (users x items):
+
+* ``pop``: item counts; ``poprec W``: counts over the last ``W`` training events;
+* ``knn a b u``: ``s_j = Σ_{i∈S} C_ij · n_i^-a / n_j^b`` with ``C = Xᵀ diag(deg_u^-u) X``
+  (``a = b = u = 0``: the co-occurrence counts, EASE's λ = ∞ limit; ``a = 0.5, b = 0``: the
+  baselines' item-kNN family; ``b > 0`` penalises popular candidates as RP3β does; ``u > 0``
+  discounts heavy users);
+* ``mix a w``: ``z(knn a 0 0) + w · z(pop)`` per user (standardised over the catalog).
+
+It prints each ranker's NDCG@10 on the validation users and on the new users, and per n the best
+ranker *on the new users themselves*. That maximum is chosen on the test users, so it is an upper
+bound for any way of choosing within the family (a tuned baseline, the hybrid's item-item
+candidates and gates), not a method: if it does not clear a target, choosing better within the
+family cannot. Support items are excluded from the ranking, as in the replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from evaluation.replay import load_log, log_name, split_latest_users, split_new_users
+from schemas import Interaction
+
+SIZES = (1, 3, 5, 10)
+Scorer = Callable[[list[list[int]]], np.ndarray]
+
+
+class Matrix:
+    """The binary training matrix and the users to score (item rows; -1: unknown item)."""
+
+    def __init__(self, train: Sequence[Interaction], users: dict[str, list[Interaction]]) -> None:
+        self.items = sorted({e.item_id for e in train})
+        index = {item: i for i, item in enumerate(self.items)}
+        user_ids = sorted({e.user_id for e in train})
+        uindex = {u: i for i, u in enumerate(user_ids)}
+        pairs = np.array(sorted({(uindex[e.user_id], index[e.item_id]) for e in train}))
+        self.x = sparse.csr_matrix(
+            (np.ones(len(pairs), np.float64), (pairs[:, 0], pairs[:, 1])),
+            shape=(len(user_ids), len(self.items)))
+        self.deg_u = np.asarray(self.x.sum(1)).ravel()
+        self.n = np.asarray(self.x.sum(0)).ravel()
+        self.stream = np.array([index[e.item_id] for e in train])
+        self.users = [[index.get(e.item_id, -1) for e in h] for h in users.values()]
+        self._cooc: dict[float, sparse.csr_matrix] = {}
+
+    def cooc(self, u: float) -> sparse.csr_matrix:
+        if u not in self._cooc:
+            c = (self.x.T @ sparse.diags(np.maximum(self.deg_u, 1.0) ** -u) @ self.x).tocsr()
+            c.setdiag(0)
+            c.eliminate_zeros()
+            self._cooc[u] = c
+        return self._cooc[u]
+
+    def recent(self, window: int) -> np.ndarray:
+        tail = self.stream[-min(window, len(self.stream)):]
+        return np.bincount(tail, minlength=len(self.items)).astype(np.float64)
+
+
+def _z(m: np.ndarray) -> np.ndarray:
+    sd = m.std(1, keepdims=True)
+    return (m - m.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+def popularity(d: Matrix, window: int | None = None) -> Scorer:
+    p = d.recent(window) if window else d.n.astype(np.float64)
+    return lambda supports: np.tile(p, (len(supports), 1))
+
+
+def knn(d: Matrix, a: float, b: float, u: float, pop_weight: float = 0.0) -> Scorer:
+    c, n = d.cooc(u), np.maximum(d.n, 1.0).astype(np.float64)
+
+    def score(supports: list[list[int]]) -> np.ndarray:
+        m = np.zeros((len(supports), len(d.items)))
+        for r, s in enumerate(supports):
+            if s:
+                rows = np.array(s)
+                m[r] = c[rows].T @ (n[rows] ** -a)
+        m /= n ** b
+        if pop_weight:
+            return _z(m) + pop_weight * _z(np.tile(d.n.astype(np.float64), (len(supports), 1)))
+        return m + 1e-9 * d.n / max(d.n.max(), 1)  # popularity breaks ties, as in the baselines
+
+    return score
+
+
+def ndcg_at_10(d: Matrix, scorer: Scorer, n: int) -> float:
+    """Mean NDCG@10 over the users with more than ``n`` events (the replay's definition:
+    relevant = the items of their later events, support items never ranked)."""
+    users = [h for h in d.users if len(h) > n]
+    values = []
+    discount = 1.0 / np.log2(np.arange(2, 12))
+    for start in range(0, len(users), 256):
+        chunk = users[start:start + 256]
+        supports = [[i for i in h[:n] if i >= 0] for h in chunk]
+        s = scorer(supports)
+        for r, sup in enumerate(supports):
+            s[r, sup] = -np.inf
+        k = min(10, s.shape[1])
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
+        for r, h in enumerate(chunk):
+            relevant = set(h[n:])
+            ideal = discount[: min(10, len(relevant))].sum()
+            relevant.discard(-1)
+            gain = sum(discount[j] for j, item in enumerate(top[r])
+                       if item in relevant and np.isfinite(s[r, item]))
+            values.append(gain / ideal if ideal else 0.0)
+    return float(np.mean(values)) if values else math.nan
+
+
+def grid(d: Matrix) -> dict[str, Scorer]:
+    out = {"pop": popularity(d)}
+    for w in (2000, 5000, 10_000, 20_000):
+        out[f"poprec {w}"] = popularity(d, w)
+    for a, b, u in itertools.product((0.0, 0.5, 1.0), (0.0, 0.25, 0.5), (0.0, 0.5, 1.0)):
+        out[f"knn a={a} b={b} u={u}"] = knn(d, a, b, u)
+    for a, w in itertools.product((0.0, 0.5), (0.25, 0.5, 1.0, 2.0)):
+        out[f"mix a={a} w={w}"] = knn(d, a, 0.0, 0.0, pop_weight=w)
+    return out
+
+
+def ceiling(log_path: str) -> dict[str, object]:
+    log = load_log(log_path)
+    train, new = split_new_users(log.events, 0.2)
+    inner, validation = split_latest_users(train, 0.2)
+    held, test = Matrix(inner, validation), Matrix(train, new)
+    rows = {}
+    held_grid = grid(held)
+    for name, scorer in grid(test).items():
+        rows[name] = {"validation": [ndcg_at_10(held, held_grid[name], n) for n in SIZES],
+                      "new": [ndcg_at_10(test, scorer, n) for n in SIZES]}
+    best = {str(n): max(rows, key=lambda k: rows[k]["new"][i]) for i, n in enumerate(SIZES)}
+    return {"log": log_name(log_path), "new_users": len(new), "validation_users": len(validation),
+            "rows": rows, "best_on_new_users": best}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ops.family_ceiling", description=__doc__)
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    results = []
+    for path in args.logs:
+        r = ceiling(path)
+        results.append(r)
+        print(f"\n## {r['log']} ({r['new_users']} new users, {r['validation_users']} validation)")
+        print("| ranker | validation n=1/3/5/10 | new users n=1/3/5/10 |\n|---|---|---|")
+        for name, v in r["rows"].items():
+            cells = [" ".join(f"{x:.4f}" for x in v[k]) for k in ("validation", "new")]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
+        for i, n in enumerate(SIZES):
+            name = r["best_on_new_users"][str(n)]
+            print(f"best on the new users at n={n}: {name} {r['rows'][name]['new'][i]:.4f}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
