@@ -18,6 +18,16 @@ ranker *on the new users themselves*. That maximum is chosen on the test users, 
 bound for any way of choosing within the family (a tuned baseline, the hybrid's item-item
 candidates and gates), not a method: if it does not clear a target, choosing better within the
 family cannot. Support items are excluded from the ranking, as in the replay.
+
+``python -m ops.family_ceiling --transfer book:music DOUBAN_FOLDER`` asks the same of cross-domain
+cold start at 0 target events (``kindling transfer``'s protocol: every user active in both
+domains is a test user once, 5 folds, the support is their last 20 source events, the query all
+their target events, every target item ranked): target item counts; counts over the users active
+in both domains; ``x a b u``: ``s_t = Σ_{s∈S} C_st n_s^-a / n_t^b`` with the cross-domain
+co-occurrence ``C = X_sourceᵀ diag(deg_u^-u) X_target``; ``mix a w``:
+``z(x a 0 0.5) + w·z(counts)``; ``uknn K``: the target items of the K users most similar by
+source items (cosine). Ratios are to target counts, mean NDCG@10 over all test users (what
+``kindling transfer``'s ratios are).
 """
 
 from __future__ import annotations
@@ -149,12 +159,123 @@ def ceiling(log_path: str) -> dict[str, object]:
             "rows": rows, "best_on_new_users": best}
 
 
+def _cross(sup: sparse.csr_matrix, ns: np.ndarray, nt: np.ndarray, cooc: sparse.csr_matrix,
+           a: float, b: float) -> np.ndarray:
+    """``Σ_{s∈S} C_st n_s^-a / n_t^b`` for each user's source support ``S`` (rows of ``sup``)."""
+    return (sparse.csr_matrix(sup.multiply(ns ** -a)) @ cooc).toarray() / nt ** b
+
+
+def transfer_ceiling(folder: str, source: str, target: str, *, folds: int = 5,
+                     capacity: int = 20, seed: int = 0) -> dict[str, object]:
+    """NDCG@10 at 0 target events of the cross-domain grid (module docstring), per ranker."""
+    import random
+
+    from streams.domains import read_douban_ratings
+
+    histories: dict[str, list[Interaction]] = {}
+    for e in read_douban_ratings(folder, first=source):
+        histories.setdefault(e.user_id, []).append(e)
+    both = sorted(u for u, h in histories.items() if {e.domain for e in h} >= {source, target})
+    random.Random(seed).shuffle(both)
+    items = sorted({e.item_id for h in histories.values() for e in h})
+    index = {item: i for i, item in enumerate(items)}
+    is_target = np.array([item.startswith(f"{target}:") for item in items])
+    src_rows, tgt_rows = np.nonzero(~is_target)[0], np.nonzero(is_target)[0]
+    src_pos = {int(g): i for i, g in enumerate(src_rows)}
+    names = ["pop", "pop over overlap users"]
+    names += [f"x a={a} b={b} u={u}" for a, b, u in itertools.product(
+        (0.0, 0.5, 1.0), (0.0, 0.25, 0.5), (0.0, 0.5, 1.0))]
+    names += [f"mix a={a} w={w}" for a, w in itertools.product((0.0, 0.5, 1.0),
+                                                               (0.25, 0.5, 1.0, 2.0, 4.0))]
+    names += [f"uknn K={k}" for k in (20, 50, 100, 300)]
+    values: dict[str, list[float]] = {name: [] for name in names}
+    discount = 1.0 / np.log2(np.arange(2, 12))
+    for fold in range(folds):
+        test = set(both[fold::folds])
+        train = [u for u in histories if u not in test]
+        pairs = np.array(sorted({(r, index[e.item_id]) for r, u in enumerate(train)
+                                 for e in histories[u]}))
+        x = sparse.csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                              shape=(len(train), len(items)))
+        deg_u = np.asarray(x.sum(1)).ravel()
+        xs, xt = x[:, src_rows], x[:, tgt_rows]
+        in_both = (np.asarray(xs.sum(1)).ravel() > 0) & (np.asarray(xt.sum(1)).ravel() > 0)
+        ns = np.maximum(np.asarray(xs.sum(0)).ravel(), 1.0)
+        nt = np.maximum(np.asarray(xt.sum(0)).ravel(), 1.0)
+        counts = np.asarray(xt.sum(0)).ravel()
+        cooc = {u: (xs.T @ sparse.diags(np.maximum(deg_u, 1.0) ** -u) @ xt).tocsr()
+                for u in (0.0, 0.5, 1.0)}
+        users = [u for u in both if u in test]
+        supports = [[src_pos[index[e.item_id]] for e in histories[u]
+                     if e.domain == source][-capacity:] for u in users]
+        queries = [{int(np.searchsorted(tgt_rows, index[e.item_id])) for e in histories[u]
+                    if e.domain == target} for u in users]
+        lengths = [len(s) for s in supports]
+        sup = sparse.csr_matrix(
+            (np.ones(sum(lengths)), (np.repeat(np.arange(len(users)), lengths),
+                                     np.concatenate([np.array(s, dtype=np.int64)
+                                                     for s in supports]))),
+            shape=(len(users), len(src_rows)))
+        tie = 1e-9 * nt / nt.max()
+        base = np.tile(counts.astype(np.float64), (len(users), 1))
+
+        for name in names:
+            kind, *params = name.split(" ")
+            p = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in params if "=" in kv}
+            if name == "pop":
+                s = base
+            elif name == "pop over overlap users":
+                s = np.tile(np.asarray(xt[in_both].sum(0)).ravel(), (len(users), 1))
+            elif kind == "x":
+                s = _cross(sup, ns, nt, cooc[p["u"]], p["a"], p["b"]) + tie
+            elif kind == "mix":
+                s = _z(_cross(sup, ns, nt, cooc[0.5], p["a"], 0.0)) + p["w"] * _z(base)
+            else:
+                a = xs[in_both]
+                a = sparse.csr_matrix(a.multiply(1.0 / np.sqrt(np.maximum(
+                    np.asarray(a.sum(1)), 1.0))))
+                sim = (sup @ a.T).toarray()
+                k = int(p["K"])
+                if k < sim.shape[1]:  # exactly the K most similar (ties broken by position)
+                    keep = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                    top_k = np.zeros_like(sim)
+                    np.put_along_axis(top_k, keep, np.take_along_axis(sim, keep, 1), 1)
+                    sim = top_k
+                s = (sparse.csr_matrix(sim) @ xt[in_both]).toarray() + tie
+            cut_k = min(10, s.shape[1])
+            top = np.argpartition(-s, cut_k - 1, axis=1)[:, :cut_k]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
+            for r, q in enumerate(queries):
+                gain = sum(discount[j] for j, t in enumerate(top[r]) if int(t) in q)
+                values[name].append(gain / discount[: min(10, len(q))].sum())
+    pop = float(np.mean(values["pop"]))
+    rows = {name: {"ndcg": float(np.mean(v)), "vs_pop": float(np.mean(v)) / pop}
+            for name, v in values.items()}
+    return {"direction": f"{source} -> {target}", "test_users": len(both), "rows": rows,
+            "best": max(rows, key=lambda k: rows[k]["ndcg"])}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ops.family_ceiling", description=__doc__)
     ap.add_argument("logs", nargs="+")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--transfer", metavar="SOURCE:TARGET",
+                    help="cross-domain at 0 target events; LOGS is the Douban folder")
     args = ap.parse_args(argv)
-    results = []
+    results: list[dict[str, object]] = []
+    if args.transfer:
+        source, target = args.transfer.split(":")
+        for folder in args.logs:
+            r = transfer_ceiling(folder, source, target)
+            results.append(r)
+            print(f"\n## {r['direction']} ({r['test_users']} test users, 0 target events)")
+            print("| ranker | NDCG@10 | × target counts |\n|---|---|---|")
+            ranked = sorted(r["rows"].items(), key=lambda kv: -kv[1]["ndcg"])  # type: ignore[union-attr]
+            for name, v in ranked:
+                print(f"| {name} | {v['ndcg']:.4f} | {v['vs_pop']:.3f} |")
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+        return 0
     for path in args.logs:
         r = ceiling(path)
         results.append(r)

@@ -54,3 +54,27 @@ def test_support_items_are_never_ranked_and_unknown_items_count_as_misses() -> N
     # user x's only later item is unknown to training: NDCG 0, not skipped
     only_x = Matrix(train, {"x": new["x"]})
     assert ndcg_at_10(only_x, knn(only_x, 0.0, 0.0, 0.0), 1) == 0.0
+
+
+def test_transfer_ceiling_finds_the_planted_bridge(tmp_path) -> None:
+    """Readers of books 1-3 listen to albums 1-3, readers of books 4-6 to albums 4-6; albums
+    4-6 are more popular. Target counts rank 4-6 first for everyone; the cross-domain
+    co-occurrence ranks each user's own group first."""
+    from ops.family_ceiling import transfer_ceiling
+
+    books, music = [], []
+    for u in range(60):
+        group = (1, 2, 3) if u % 2 == 0 else (4, 5, 6)
+        books += [f"{u}\t{b}\t4" for b in group]
+        music += [f"{u}\t{m}\t4" for m in group]
+    for u in range(60, 90):  # music-only users make albums 4-6 the popular ones
+        music += [f"{u}\t{m}\t4" for m in (4, 5, 6)]
+    (tmp_path / "book_ratings.dat").write_text("\n".join(books) + "\n")
+    (tmp_path / "music_ratings.dat").write_text("\n".join(music) + "\n")
+    r = transfer_ceiling(str(tmp_path), "book", "music")
+    rows = r["rows"]
+    assert r["test_users"] == 60
+    # half the test users are group A: counts put their albums 4th-6th
+    assert rows["pop"]["ndcg"] < 0.8
+    assert rows["x a=0.0 b=0.0 u=0.0"]["ndcg"] == 1.0
+    assert rows["uknn K=20"]["ndcg"] == 1.0
