@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from evaluation.metrics import ranking_metrics
 from evaluation.replay import load_log, log_name, split_latest_users, split_new_users
 from schemas import Interaction
 
@@ -51,11 +52,11 @@ Scorer = Callable[[list[list[int]]], np.ndarray]
 
 
 class Matrix:
-    """The binary training matrix and the users to score (item rows; -1: unknown item)."""
+    """The binary training matrix and the users to score (their histories' item ids)."""
 
     def __init__(self, train: Sequence[Interaction], users: dict[str, list[Interaction]]) -> None:
         self.items = sorted({e.item_id for e in train})
-        index = {item: i for i, item in enumerate(self.items)}
+        self.index = index = {item: i for i, item in enumerate(self.items)}
         user_ids = sorted({e.user_id for e in train})
         uindex = {u: i for i, u in enumerate(user_ids)}
         pairs = np.array(sorted({(uindex[e.user_id], index[e.item_id]) for e in train}))
@@ -65,7 +66,7 @@ class Matrix:
         self.deg_u = np.asarray(self.x.sum(1)).ravel()
         self.n = np.asarray(self.x.sum(0)).ravel()
         self.stream = np.array([index[e.item_id] for e in train])
-        self.users = [[index.get(e.item_id, -1) for e in h] for h in users.values()]
+        self.users = [[e.item_id for e in h] for h in users.values()]
         self._cooc: dict[float, sparse.csr_matrix] = {}
 
     def cooc(self, u: float) -> sparse.csr_matrix:
@@ -108,29 +109,28 @@ def knn(d: Matrix, a: float, b: float, u: float, pop_weight: float = 0.0) -> Sco
     return score
 
 
+def top_ids(scores: np.ndarray, ids: Sequence[str]) -> list[list[str]]:
+    """Per row, the ids of the 10 best-scored columns, best first, masked (-inf) ones left out."""
+    k = min(10, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
+    return [[ids[t] for t in row if np.isfinite(scores[r, t])] for r, row in enumerate(top)]
+
+
 def ndcg_at_10(d: Matrix, scorer: Scorer, n: int) -> float:
     """Mean NDCG@10 over the users with more than ``n`` events (the replay's definition:
     relevant = the items of their later events, support items never ranked)."""
     users = [h for h in d.users if len(h) > n]
     values = []
-    discount = 1.0 / np.log2(np.arange(2, 12))
     for start in range(0, len(users), 256):
         chunk = users[start:start + 256]
-        supports = [[i for i in h[:n] if i >= 0] for h in chunk]
+        supports = [[d.index[i] for i in h[:n] if i in d.index] for h in chunk]
         s = scorer(supports)
         for r, sup in enumerate(supports):
             s[r, sup] = -np.inf
-        k = min(10, s.shape[1])
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
-        for r, h in enumerate(chunk):
-            relevant = set(h[n:])
-            ideal = discount[: min(10, len(relevant))].sum()
-            relevant.discard(-1)
-            gain = sum(discount[j] for j, item in enumerate(top[r])
-                       if item in relevant and np.isfinite(s[r, item]))
-            values.append(gain / ideal if ideal else 0.0)
-    return float(np.mean(values)) if values else math.nan
+        values.append(ranking_metrics(top_ids(s, d.items), [set(h[n:]) for h in chunk],
+                                      (10,))["ndcg@10"])
+    return float(np.concatenate(values).mean()) if values else math.nan
 
 
 def grid(d: Matrix) -> dict[str, Scorer]:
@@ -159,10 +159,57 @@ def ceiling(log_path: str) -> dict[str, object]:
             "rows": rows, "best_on_new_users": best}
 
 
-def _cross(sup: sparse.csr_matrix, ns: np.ndarray, nt: np.ndarray, cooc: sparse.csr_matrix,
-           a: float, b: float) -> np.ndarray:
-    """``Σ_{s∈S} C_st n_s^-a / n_t^b`` for each user's source support ``S`` (rows of ``sup``)."""
-    return (sparse.csr_matrix(sup.multiply(ns ** -a)) @ cooc).toarray() / nt ** b
+def _top_k(sim: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` largest entries (ties broken by position), the rest 0."""
+    if k >= sim.shape[1]:
+        return sim
+    keep = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    out = np.zeros_like(sim)
+    np.put_along_axis(out, keep, np.take_along_axis(sim, keep, 1), 1)
+    return out
+
+
+def _transfer_scorers(xs: sparse.csr_matrix, xt: sparse.csr_matrix,
+                      supports: list[list[int]]) -> dict[str, Callable[[], np.ndarray]]:
+    """The cross-domain grid (module docstring) for one fold: training users' source (``xs``)
+    and target (``xt``) interactions, the test users' source supports (columns of ``xs``)."""
+    deg_u = np.asarray(xs.sum(1)).ravel() + np.asarray(xt.sum(1)).ravel()
+    in_both = (np.asarray(xs.sum(1)).ravel() > 0) & (np.asarray(xt.sum(1)).ravel() > 0)
+    ns = np.maximum(np.asarray(xs.sum(0)).ravel(), 1.0)
+    nt = np.maximum(np.asarray(xt.sum(0)).ravel(), 1.0)
+    cooc = {u: (xs.T @ sparse.diags(np.maximum(deg_u, 1.0) ** -u) @ xt).tocsr()
+            for u in (0.0, 0.5, 1.0)}
+    lengths = [len(s) for s in supports]
+    sup = sparse.csr_matrix(
+        (np.ones(sum(lengths)), (np.repeat(np.arange(len(supports)), lengths),
+                                 np.concatenate([np.array(s, dtype=np.int64)
+                                                 for s in supports]))),
+        shape=(len(supports), xs.shape[1]))
+    tie = 1e-9 * nt / nt.max()
+    base = np.tile(np.asarray(xt.sum(0)).ravel(), (len(supports), 1))
+    # source-item cosine of each test user with each training user active in both domains
+    bridge = xs[in_both]
+    bridge = sparse.csr_matrix(bridge.multiply(
+        1.0 / np.sqrt(np.maximum(np.asarray(bridge.sum(1)), 1.0))))
+    similarity = (sup @ bridge.T).toarray()
+    xt_both = xt[in_both]
+    overlap_counts = np.tile(np.asarray(xt_both.sum(0)).ravel(), (len(supports), 1))
+
+    def cross(a: float, b: float, u: float) -> np.ndarray:
+        return (sparse.csr_matrix(sup.multiply(ns ** -a)) @ cooc[u]).toarray() / nt ** b
+
+    def neighbours(k: int) -> np.ndarray:
+        return (sparse.csr_matrix(_top_k(similarity, k)) @ xt_both).toarray() + tie
+
+    scorers: dict[str, Callable[[], np.ndarray]] = {
+        "pop": lambda: base, "pop over overlap users": lambda: overlap_counts}
+    for a, b, u in itertools.product((0.0, 0.5, 1.0), (0.0, 0.25, 0.5), (0.0, 0.5, 1.0)):
+        scorers[f"x a={a} b={b} u={u}"] = lambda a=a, b=b, u=u: cross(a, b, u) + tie
+    for a, w in itertools.product((0.0, 0.5, 1.0), (0.25, 0.5, 1.0, 2.0, 4.0)):
+        scorers[f"mix a={a} w={w}"] = lambda a=a, w=w: _z(cross(a, 0.0, 0.5)) + w * _z(base)
+    for k in (20, 50, 100, 300):
+        scorers[f"uknn K={k}"] = lambda k=k: neighbours(k)
+    return scorers
 
 
 def transfer_ceiling(folder: str, source: str, target: str, *, folds: int = 5,
@@ -182,14 +229,8 @@ def transfer_ceiling(folder: str, source: str, target: str, *, folds: int = 5,
     is_target = np.array([item.startswith(f"{target}:") for item in items])
     src_rows, tgt_rows = np.nonzero(~is_target)[0], np.nonzero(is_target)[0]
     src_pos = {int(g): i for i, g in enumerate(src_rows)}
-    names = ["pop", "pop over overlap users"]
-    names += [f"x a={a} b={b} u={u}" for a, b, u in itertools.product(
-        (0.0, 0.5, 1.0), (0.0, 0.25, 0.5), (0.0, 0.5, 1.0))]
-    names += [f"mix a={a} w={w}" for a, w in itertools.product((0.0, 0.5, 1.0),
-                                                               (0.25, 0.5, 1.0, 2.0, 4.0))]
-    names += [f"uknn K={k}" for k in (20, 50, 100, 300)]
-    values: dict[str, list[float]] = {name: [] for name in names}
-    discount = 1.0 / np.log2(np.arange(2, 12))
+    values: dict[str, list[np.ndarray]] = {}
+    tgt_ids = [items[t] for t in tgt_rows]
     for fold in range(folds):
         test = set(both[fold::folds])
         train = [u for u in histories if u not in test]
@@ -197,60 +238,17 @@ def transfer_ceiling(folder: str, source: str, target: str, *, folds: int = 5,
                                  for e in histories[u]}))
         x = sparse.csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
                               shape=(len(train), len(items)))
-        deg_u = np.asarray(x.sum(1)).ravel()
-        xs, xt = x[:, src_rows], x[:, tgt_rows]
-        in_both = (np.asarray(xs.sum(1)).ravel() > 0) & (np.asarray(xt.sum(1)).ravel() > 0)
-        ns = np.maximum(np.asarray(xs.sum(0)).ravel(), 1.0)
-        nt = np.maximum(np.asarray(xt.sum(0)).ravel(), 1.0)
-        counts = np.asarray(xt.sum(0)).ravel()
-        cooc = {u: (xs.T @ sparse.diags(np.maximum(deg_u, 1.0) ** -u) @ xt).tocsr()
-                for u in (0.0, 0.5, 1.0)}
         users = [u for u in both if u in test]
         supports = [[src_pos[index[e.item_id]] for e in histories[u]
                      if e.domain == source][-capacity:] for u in users]
-        queries = [{int(np.searchsorted(tgt_rows, index[e.item_id])) for e in histories[u]
-                    if e.domain == target} for u in users]
-        lengths = [len(s) for s in supports]
-        sup = sparse.csr_matrix(
-            (np.ones(sum(lengths)), (np.repeat(np.arange(len(users)), lengths),
-                                     np.concatenate([np.array(s, dtype=np.int64)
-                                                     for s in supports]))),
-            shape=(len(users), len(src_rows)))
-        tie = 1e-9 * nt / nt.max()
-        base = np.tile(counts.astype(np.float64), (len(users), 1))
-
-        for name in names:
-            kind, *params = name.split(" ")
-            p = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in params if "=" in kv}
-            if name == "pop":
-                s = base
-            elif name == "pop over overlap users":
-                s = np.tile(np.asarray(xt[in_both].sum(0)).ravel(), (len(users), 1))
-            elif kind == "x":
-                s = _cross(sup, ns, nt, cooc[p["u"]], p["a"], p["b"]) + tie
-            elif kind == "mix":
-                s = _z(_cross(sup, ns, nt, cooc[0.5], p["a"], 0.0)) + p["w"] * _z(base)
-            else:
-                a = xs[in_both]
-                a = sparse.csr_matrix(a.multiply(1.0 / np.sqrt(np.maximum(
-                    np.asarray(a.sum(1)), 1.0))))
-                sim = (sup @ a.T).toarray()
-                k = int(p["K"])
-                if k < sim.shape[1]:  # exactly the K most similar (ties broken by position)
-                    keep = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-                    top_k = np.zeros_like(sim)
-                    np.put_along_axis(top_k, keep, np.take_along_axis(sim, keep, 1), 1)
-                    sim = top_k
-                s = (sparse.csr_matrix(sim) @ xt[in_both]).toarray() + tie
-            cut_k = min(10, s.shape[1])
-            top = np.argpartition(-s, cut_k - 1, axis=1)[:, :cut_k]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
-            for r, q in enumerate(queries):
-                gain = sum(discount[j] for j, t in enumerate(top[r]) if int(t) in q)
-                values[name].append(gain / discount[: min(10, len(q))].sum())
-    pop = float(np.mean(values["pop"]))
-    rows = {name: {"ndcg": float(np.mean(v)), "vs_pop": float(np.mean(v)) / pop}
-            for name, v in values.items()}
+        queries = [{e.item_id for e in histories[u] if e.domain == target} for u in users]
+        scorers = _transfer_scorers(x[:, src_rows], x[:, tgt_rows], supports)
+        for name, scorer in scorers.items():
+            ranked = top_ids(scorer(), tgt_ids)
+            values.setdefault(name, []).append(
+                ranking_metrics(ranked, queries, (10,))["ndcg@10"])
+    means = {name: float(np.concatenate(v).mean()) for name, v in values.items()}
+    rows = {name: {"ndcg": m, "vs_pop": m / means["pop"]} for name, m in means.items()}
     return {"direction": f"{source} -> {target}", "test_users": len(both), "rows": rows,
             "best": max(rows, key=lambda k: rows[k]["ndcg"])}
 
