@@ -24,7 +24,7 @@ from engine.catalog import Catalog
 from engine.exploration import Explorer, checked_reward
 from engine.features import HashingFeaturizer
 from engine.settings import Settings
-from engine.support import BLOOM_BYTES, UserSupport, target_of
+from engine.support import BLOOM_BYTES, UserSupport, rating_of, target_of
 from models.base import SupportBatch
 from models.recency import DecayedCounts
 from schemas import Interaction, RankedItems, RatingScale, RecItem, Recommendation
@@ -220,7 +220,7 @@ class Recommender:
         catalog = self.catalog
         index, ids, has_content = catalog.index, catalog.ids, catalog.has_content
         vocab = self.bundle.vocab_index
-        scale, nan = self.scale, math.nan
+        scale = self.scale
         # the support's columns, not an object per event: this runs for every event
         for item_id, kind, value in zip(support.ids, support.kinds, support.values, strict=True):
             row = index.get(item_id)
@@ -235,7 +235,7 @@ class Recommender:
                 continue
             rows.append(row)
             targets.append(target_of(kind, value, scale))
-            ratings.append(value if kind == "rate" else nan)
+            ratings.append(rating_of(kind, value))
         return Snapshot(event, duplicate, rows, targets, ratings, exclude, support)
 
     def request(

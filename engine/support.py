@@ -16,6 +16,7 @@ at 0 and its events would look redelivered (``KINDLING_OFFSET_DEDUP=false`` turn
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections.abc import Iterable, Iterator
 from itertools import accumulate, repeat
@@ -78,6 +79,11 @@ def target_of(kind: str, value: float, scale: RatingScale) -> float:
     return 1.0
 
 
+def rating_of(kind: str, value: float) -> float:
+    """The rating one support event carries (NaN unless it is a rating)."""
+    return value if kind == "rate" else math.nan
+
+
 class SupportEvent(NamedTuple):
     """One event of a support set, as :attr:`UserSupport.events` lists them (a view: the set
     itself keeps its events as columns)."""
@@ -92,7 +98,7 @@ class SupportEvent(NamedTuple):
         return target_of(self.kind, self.value, scale)
 
     def rating(self) -> float:
-        return self.value if self.kind == "rate" else float("nan")
+        return rating_of(self.kind, self.value)
 
 
 class UserSupport:
