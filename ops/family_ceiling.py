@@ -11,7 +11,13 @@ matrix ``X`` (users x items):
   (``a = b = u = 0``: the co-occurrence counts, EASE's λ = ∞ limit; ``a = 0.5, b = 0``: the
   baselines' item-kNN family; ``b > 0`` penalises popular candidates as RP3β does; ``u > 0``
   discounts heavy users);
-* ``mix a w``: ``z(knn a 0 0) + w · z(pop)`` per user (standardised over the catalog).
+* ``mix a w``: ``z(knn a 0 0) + w · z(pop)`` per user (standardised over the catalog);
+* ``trans w dir``: what follows what, ``s_j = Σ_{i∈S} T_ij`` where ``T_ij`` sums ``1/g`` over the
+  training users' histories in which ``j`` comes ``g ≤ w`` events after ``i`` (``fwd``) or
+  before or after it (``both``); ``mix trans w``: ``z(trans w both) + v · z(poprec 20000)``
+  (the hybrid's transition channel and its popularity channel, as a family of their own);
+* ``rated f``: ``knn 0 0 0`` with each support event weighted by ``f(rating)`` instead of 1
+  (``r``, ``r - 3``, ``[r ≥ 4]``): does the user's rating carry what co-occurrence misses?
 
 It prints each ranker's NDCG@10 on the validation users and on the new users, and per n the best
 ranker *on the new users themselves*. That maximum is chosen on the test users, so it is an upper
@@ -26,7 +32,10 @@ their target events, every target item ranked): target item counts; counts over 
 in both domains; ``x a b u``: ``s_t = Σ_{s∈S} C_st n_s^-a / n_t^b`` with the cross-domain
 co-occurrence ``C = X_sourceᵀ diag(deg_u^-u) X_target``; ``mix a w``:
 ``z(x a 0 0.5) + w·z(counts)``; ``uknn K``: the target items of the K users most similar by
-source items (cosine). Ratios are to target counts, mean NDCG@10 over all test users (what
+source items (cosine); ``ridge λ``: the least-squares linear map from a user's source items to
+their target items, fitted on the training users active in both domains (ridge λ, rows
+normalised; the dual form, one ``U x U`` solve), alone and ``+ w`` target counts (standardised).
+It is what the learned mappings (EMCDR's and PTUPCDR's) approximate, solved exactly. Ratios are to target counts, mean NDCG@10 over all test users (what
 ``kindling transfer``'s ratios are).
 """
 
@@ -44,11 +53,12 @@ import numpy as np
 from scipy import sparse
 
 from evaluation.metrics import ranking_metrics
-from evaluation.replay import load_log, log_name, split_latest_users, split_new_users
+from evaluation.replay import by_user, load_log, log_name, split_latest_users, split_new_users
 from schemas import Interaction
 
 SIZES = (1, 3, 5, 10)
-Scorer = Callable[[list[list[int]]], np.ndarray]
+#: (supports as catalog rows, the same events' ratings) -> scores (users x items)
+Scorer = Callable[[list[list[int]], list[list[float]]], np.ndarray]
 
 
 class Matrix:
@@ -66,8 +76,12 @@ class Matrix:
         self.deg_u = np.asarray(self.x.sum(1)).ravel()
         self.n = np.asarray(self.x.sum(0)).ravel()
         self.stream = np.array([index[e.item_id] for e in train])
+        self.histories = [np.array([index[e.item_id] for e in h])
+                          for h in by_user(train).values()]  # time order, as the log
         self.users = [[e.item_id for e in h] for h in users.values()]
+        self.ratings = [[e.value for e in h] for h in users.values()]
         self._cooc: dict[float, sparse.csr_matrix] = {}
+        self._trans: dict[tuple[int, bool], sparse.csr_matrix] = {}
 
     def cooc(self, u: float) -> sparse.csr_matrix:
         if u not in self._cooc:
@@ -76,6 +90,26 @@ class Matrix:
             c.eliminate_zeros()
             self._cooc[u] = c
         return self._cooc[u]
+
+    def transitions(self, window: int, both: bool) -> sparse.csr_matrix:
+        """``T_ij``: Σ 1/g over training histories where ``j`` is ``g ≤ window`` events after
+        ``i`` (and, with ``both``, before it)."""
+        if (window, both) not in self._trans:
+            rows, cols, vals = [], [], []
+            for h in self.histories:
+                for g in range(1, min(window, len(h) - 1) + 1):
+                    pairs = [(h[:-g], h[g:])] + ([(h[g:], h[:-g])] if both else [])
+                    for a, b in pairs:
+                        rows.append(a)
+                        cols.append(b)
+                        vals.append(np.full(len(a), 1.0 / g))
+            n = len(self.items)
+            t = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
+                                                          np.concatenate(cols))), shape=(n, n))
+            t.setdiag(0)
+            t.eliminate_zeros()
+            self._trans[window, both] = t
+        return self._trans[window, both]
 
     def recent(self, window: int) -> np.ndarray:
         tail = self.stream[-min(window, len(self.stream)):]
@@ -89,24 +123,43 @@ def _z(m: np.ndarray) -> np.ndarray:
 
 def popularity(d: Matrix, window: int | None = None) -> Scorer:
     p = d.recent(window) if window else d.n.astype(np.float64)
-    return lambda supports: np.tile(p, (len(supports), 1))
+    return lambda supports, ratings: np.tile(p, (len(supports), 1))
+
+
+def _through(d: Matrix, c: sparse.csr_matrix, weight: Callable[[np.ndarray, np.ndarray],
+             np.ndarray], b: float = 0.0, pop: np.ndarray | None = None,
+             pop_weight: float = 0.0) -> Scorer:
+    """``s_j = Σ_{i∈S} c_ij · weight(items, ratings)_i / n_j^b``; with ``pop_weight``,
+    ``z(s) + pop_weight · z(pop)`` per user; else popularity breaks ties, as in the baselines."""
+    n = np.maximum(d.n, 1.0).astype(np.float64)
+
+    def score(supports: list[list[int]], ratings: list[list[float]]) -> np.ndarray:
+        m = np.zeros((len(supports), len(d.items)))
+        for r, (s, v) in enumerate(zip(supports, ratings, strict=True)):
+            if s:
+                rows = np.array(s)
+                m[r] = c[rows].T @ weight(rows, np.array(v, dtype=np.float64))
+        m /= n ** b
+        if pop_weight:
+            return _z(m) + pop_weight * _z(np.tile(pop, (len(supports), 1)))
+        return m + 1e-9 * d.n / max(d.n.max(), 1)
+
+    return score
 
 
 def knn(d: Matrix, a: float, b: float, u: float, pop_weight: float = 0.0) -> Scorer:
-    c, n = d.cooc(u), np.maximum(d.n, 1.0).astype(np.float64)
+    n = np.maximum(d.n, 1.0).astype(np.float64)
+    return _through(d, d.cooc(u), lambda rows, _: n[rows] ** -a, b,
+                    d.n.astype(np.float64), pop_weight)
 
-    def score(supports: list[list[int]]) -> np.ndarray:
-        m = np.zeros((len(supports), len(d.items)))
-        for r, s in enumerate(supports):
-            if s:
-                rows = np.array(s)
-                m[r] = c[rows].T @ (n[rows] ** -a)
-        m /= n ** b
-        if pop_weight:
-            return _z(m) + pop_weight * _z(np.tile(d.n.astype(np.float64), (len(supports), 1)))
-        return m + 1e-9 * d.n / max(d.n.max(), 1)  # popularity breaks ties, as in the baselines
 
-    return score
+def transition(d: Matrix, window: int, both: bool, pop_weight: float = 0.0) -> Scorer:
+    return _through(d, d.transitions(window, both), lambda rows, _: np.ones(len(rows)),
+                    pop=d.recent(20_000), pop_weight=pop_weight)
+
+
+def rated(d: Matrix, weight: Callable[[np.ndarray], np.ndarray]) -> Scorer:
+    return _through(d, d.cooc(0.0), lambda _, ratings: weight(ratings))
 
 
 def top_ids(scores: np.ndarray, ids: Sequence[str]) -> list[list[str]]:
@@ -120,15 +173,17 @@ def top_ids(scores: np.ndarray, ids: Sequence[str]) -> list[list[str]]:
 def ndcg_at_10(d: Matrix, scorer: Scorer, n: int) -> float:
     """Mean NDCG@10 over the users with more than ``n`` events (the replay's definition:
     relevant = the items of their later events, support items never ranked)."""
-    users = [h for h in d.users if len(h) > n]
+    users = [(h, r) for h, r in zip(d.users, d.ratings, strict=True) if len(h) > n]
     values = []
     for start in range(0, len(users), 256):
         chunk = users[start:start + 256]
-        supports = [[d.index[i] for i in h[:n] if i in d.index] for h in chunk]
-        s = scorer(supports)
+        known = [[(d.index[i], v) for i, v in zip(h[:n], r[:n], strict=True) if i in d.index]
+                 for h, r in chunk]
+        supports = [[i for i, _ in k] for k in known]
+        s = scorer(supports, [[v for _, v in k] for k in known])
         for r, sup in enumerate(supports):
             s[r, sup] = -np.inf
-        values.append(ranking_metrics(top_ids(s, d.items), [set(h[n:]) for h in chunk],
+        values.append(ranking_metrics(top_ids(s, d.items), [set(h[n:]) for h, _ in chunk],
                                       (10,))["ndcg@10"])
     return float(np.concatenate(values).mean()) if values else math.nan
 
@@ -141,6 +196,13 @@ def grid(d: Matrix) -> dict[str, Scorer]:
         out[f"knn a={a} b={b} u={u}"] = knn(d, a, b, u)
     for a, w in itertools.product((0.0, 0.5), (0.25, 0.5, 1.0, 2.0)):
         out[f"mix a={a} w={w}"] = knn(d, a, 0.0, 0.0, pop_weight=w)
+    for window, both in itertools.product((1, 3, 10), (False, True)):
+        out[f"trans w={window} {'both' if both else 'fwd'}"] = transition(d, window, both)
+    for window, v in itertools.product((3, 10), (0.5, 1.0)):
+        out[f"mix trans w={window} v={v}"] = transition(d, window, True, pop_weight=v)
+    out["rated r"] = rated(d, lambda r: r)
+    out["rated r-3"] = rated(d, lambda r: r - 3.0)
+    out["rated r>=4"] = rated(d, lambda r: (r >= 4).astype(np.float64) + 0.1)
     return out
 
 
@@ -209,6 +271,16 @@ def _transfer_scorers(xs: sparse.csr_matrix, xt: sparse.csr_matrix,
         scorers[f"mix a={a} w={w}"] = lambda a=a, w=w: _z(cross(a, 0.0, 0.5)) + w * _z(base)
     for k in (20, 50, 100, 300):
         scorers[f"uknn K={k}"] = lambda k=k: neighbours(k)
+    # ridge: W = Bᵀ(BBᵀ + λI)⁻¹T over the bridge users B (rows normalised), so a test user's
+    # target scores are (s·Bᵀ)(BBᵀ + λI)⁻¹T: one bridge-users-sized solve per λ
+    kernel = (bridge @ bridge.T).toarray()
+    query = similarity * (1.0 / np.sqrt(np.maximum(np.asarray(sup.sum(1)), 1.0)))
+    targets = xt_both.toarray()
+    for lam in (10.0, 100.0, 1000.0):
+        fitted = query @ np.linalg.solve(kernel + lam * np.eye(len(kernel)), targets)
+        scorers[f"ridge λ={lam:g}"] = lambda f=fitted: f + tie
+        for w in (0.5, 1.0):
+            scorers[f"ridge λ={lam:g} + {w} counts"] = lambda f=fitted, w=w: _z(f) + w * _z(base)
     return scorers
 
 

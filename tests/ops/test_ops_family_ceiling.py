@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ops.family_ceiling import Matrix, knn, ndcg_at_10, popularity
+from ops.family_ceiling import Matrix, knn, ndcg_at_10, popularity, rated, transition
 from schemas import Interaction
 
 
@@ -46,8 +46,8 @@ def test_support_items_are_never_ranked_and_unknown_items_count_as_misses() -> N
                 Interaction("x1", "x", "unseen", "view", 1.0, 2e4 + 1)]
     # a scorer that prefers the support item: the metric masks it, the group's items follow
     d = Matrix(train, {"y": new["n0"]})
-    def loves_support(supports: list[list[int]]) -> np.ndarray:
-        s = knn(d, 0.0, 0.0, 0.0)(supports)
+    def loves_support(supports: list[list[int]], ratings: list[list[float]]) -> np.ndarray:
+        s = knn(d, 0.0, 0.0, 0.0)(supports, ratings)
         s[0, supports[0]] = 1e9
         return s
     assert ndcg_at_10(d, loves_support, 1) == 1.0
@@ -78,3 +78,34 @@ def test_transfer_ceiling_finds_the_planted_bridge(tmp_path) -> None:
     assert rows["pop"]["ndcg"] < 0.8
     assert rows["x a=0.0 b=0.0 u=0.0"]["ndcg"] == 1.0
     assert rows["uknn K=20"]["ndcg"] == 1.0
+    # the least-squares map from books to albums learns the same bridge
+    assert rows["ridge λ=10"]["ndcg"] == 1.0
+
+
+def test_transitions_find_what_comes_next_where_cooccurrence_sees_nothing() -> None:
+    """Everyone reads the ten items in the same cyclic order (starting anywhere), so every pair
+    co-occurs equally; only the order says that i+1, i+2, i+3 follow i."""
+    events, t = [], 0.0
+    for u in range(30):
+        for step in range(10):
+            t += 1
+            events.append(Interaction(f"e{t}", f"u{u}", f"i{(u + step) % 10}", "view", 1.0, t))
+    new = {f"n{k}": [Interaction(f"n{k}-{g}", f"n{k}", f"i{(k + g) % 10}", "view", 1.0, 1e4 + g)
+                     for g in range(4)] for k in range(10)}
+    d = Matrix(events, new)
+    assert ndcg_at_10(d, transition(d, 3, False), 1) == 1.0
+    # co-occurrence is flat here: the three later items land anywhere among the nine
+    assert ndcg_at_10(d, knn(d, 0.0, 0.0, 0.0), 1) < 0.9
+
+
+def test_rating_weights_tell_a_liked_group_from_a_disliked_one() -> None:
+    """A new user rated an A item 5 and a B item 1, then reads A items: rating-weighted
+    co-occurrence ranks group A first; flat co-occurrence ties the groups and the more popular
+    B wins the ties."""
+    train, _ = _log()
+    history = [Interaction("r0", "r", "i0", "rate", 5.0, 1e4),
+               Interaction("r1", "r", "i5", "rate", 1.0, 1e4 + 1)]
+    history += [Interaction(f"r{j}", "r", f"i{j}", "view", 1.0, 1e4 + 1 + j) for j in (1, 2, 3, 4)]
+    d = Matrix(train, {"r": history})
+    assert ndcg_at_10(d, rated(d, lambda r: r - 3.0), 2) == 1.0
+    assert ndcg_at_10(d, knn(d, 0.0, 0.0, 0.0), 2) < 0.8
