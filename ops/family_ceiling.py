@@ -35,8 +35,8 @@ co-occurrence ``C = X_sourceᵀ diag(deg_u^-u) X_target``; ``mix a w``:
 source items (cosine); ``ridge λ``: the least-squares linear map from a user's source items to
 their target items, fitted on the training users active in both domains (ridge λ, rows
 normalised; the dual form, one ``U x U`` solve), alone and ``+ w`` target counts (standardised).
-It is what the learned mappings (EMCDR's and PTUPCDR's) approximate, solved exactly. Ratios are to target counts, mean NDCG@10 over all test users (what
-``kindling transfer``'s ratios are).
+It is what the learned mappings (EMCDR's and PTUPCDR's) approximate, solved exactly. Ratios are
+to target counts, mean NDCG@10 over all test users (what ``kindling transfer``'s ratios are).
 """
 
 from __future__ import annotations
