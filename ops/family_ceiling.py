@@ -155,7 +155,7 @@ def knn(d: Matrix, a: float, b: float, u: float, pop_weight: float = 0.0) -> Sco
 
 def transition(d: Matrix, window: int, both: bool, pop_weight: float = 0.0) -> Scorer:
     return _through(d, d.transitions(window, both), lambda rows, _: np.ones(len(rows)),
-                    pop=d.recent(20_000), pop_weight=pop_weight)
+                    pop=d.recent(20_000) if pop_weight else None, pop_weight=pop_weight)
 
 
 def rated(d: Matrix, weight: Callable[[np.ndarray], np.ndarray]) -> Scorer:
@@ -231,6 +231,11 @@ def _top_k(sim: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _row_scale(m: sparse.spmatrix) -> np.ndarray:
+    """(rows, 1): each row's 1/√(its sum), rows summing to 0 left as they are."""
+    return 1.0 / np.sqrt(np.maximum(np.asarray(m.sum(1)), 1.0))
+
+
 def _transfer_scorers(xs: sparse.csr_matrix, xt: sparse.csr_matrix,
                       supports: list[list[int]]) -> dict[str, Callable[[], np.ndarray]]:
     """The cross-domain grid (module docstring) for one fold: training users' source (``xs``)
@@ -251,8 +256,7 @@ def _transfer_scorers(xs: sparse.csr_matrix, xt: sparse.csr_matrix,
     base = np.tile(np.asarray(xt.sum(0)).ravel(), (len(supports), 1))
     # source-item cosine of each test user with each training user active in both domains
     bridge = xs[in_both]
-    bridge = sparse.csr_matrix(bridge.multiply(
-        1.0 / np.sqrt(np.maximum(np.asarray(bridge.sum(1)), 1.0))))
+    bridge = sparse.csr_matrix(bridge.multiply(_row_scale(bridge)))
     similarity = (sup @ bridge.T).toarray()
     xt_both = xt[in_both]
     overlap_counts = np.tile(np.asarray(xt_both.sum(0)).ravel(), (len(supports), 1))
@@ -274,7 +278,7 @@ def _transfer_scorers(xs: sparse.csr_matrix, xt: sparse.csr_matrix,
     # ridge: W = Bᵀ(BBᵀ + λI)⁻¹T over the bridge users B (rows normalised), so a test user's
     # target scores are (s·Bᵀ)(BBᵀ + λI)⁻¹T: one bridge-users-sized solve per λ
     kernel = (bridge @ bridge.T).toarray()
-    query = similarity * (1.0 / np.sqrt(np.maximum(np.asarray(sup.sum(1)), 1.0)))
+    query = similarity * _row_scale(sup)
     targets = xt_both.toarray()
     for lam in (10.0, 100.0, 1000.0):
         fitted = query @ np.linalg.solve(kernel + lam * np.eye(len(kernel)), targets)
@@ -291,9 +295,7 @@ def transfer_ceiling(folder: str, source: str, target: str, *, folds: int = 5,
 
     from streams.domains import read_douban_ratings
 
-    histories: dict[str, list[Interaction]] = {}
-    for e in read_douban_ratings(folder, first=source):
-        histories.setdefault(e.user_id, []).append(e)
+    histories = by_user(read_douban_ratings(folder, first=source))
     both = sorted(u for u, h in histories.items() if {e.domain for e in h} >= {source, target})
     random.Random(seed).shuffle(both)
     items = sorted({e.item_id for h in histories.values() for e in h})
