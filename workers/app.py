@@ -55,7 +55,7 @@ from schemas.wire import RatingScale
 from streams.batches import Delivered, ProducerBatches
 from streams.topics import TopicNames, client_config
 from workers import gap_guard, recovery_compat
-from workers.faust_compat import drain_before_commit, set_fetch_max_wait
+from workers.faust_compat import drain_before_commit, resume_promptly, set_fetch_max_wait
 from workers.metrics import Metrics
 from workers.web import HealthState, WebServer, consumer_lag, event_age
 
@@ -201,6 +201,7 @@ class Kindling:
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         drain_before_commit()  # changelogs in Kafka before offsets are committed
+        resume_promptly()  # a partition paused for buffer pressure is fetched soon after
         # changelogs to their real end; stream partitions resumed only once seeked to committed
         recovery_compat.install(client_config(settings), settings.fetch_max_wait_ms)
         torch.set_num_threads(max(1, settings.torch_threads))

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from faust.transport import consumer as faust_consumer_module
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -90,3 +91,48 @@ def drain_before_commit() -> None:
     the drain task picks up the counting ``_send_pending`` when the producer starts)."""
     _buffer_cls._send_pending = _send_pending
     _buffer_cls.flush = _flush
+
+
+# ------------------------------------------------------------------------ resume after pressure
+#
+# When an agent's stream buffer fills (``stream_buffer_maxsize`` / 1.25), Faust takes the
+# partition out of the fetcher's active set (``Consumer.on_buffer_full``) and puts it back once
+# the buffer has drained to 40% (``on_buffer_drop``). But faust-streaming 0.15.3's fetch loop
+# asks for records with a one-second timeout (``getmany(timeout=1.0)``), and with every partition
+# paused it sleeps one second (``_wait_next_records``): a partition put back is not fetched again
+# until that second is over. Under a backlog (a worker catching up after a restart, a benchmark's
+# capacity run) the buffer empties long before: measured with the Faust echo on the embedded
+# broker, 17 fetches of ~512 records took ~0.2 s, then one empty fetch waited 1.0 s while the
+# agent starved, every ~1.2 s (events/s halved). While a partition is paused for pressure, the
+# fetch loop below asks with a short timeout instead, so a partition put back is fetched within
+# ``RESUME_POLL_S``; with nothing paused it keeps Faust's one second (an idle worker does not
+# spin).
+
+#: The longest a partition put back after buffer pressure waits to be fetched again.
+RESUME_POLL_S = 0.02
+_IDLE_POLL_S = 1.0  # faust-streaming's own getmany timeout and no-active-partition sleep
+
+_consumer_cls = faust_consumer_module.Consumer
+_original_wait_next_records = _consumer_cls._wait_next_records
+
+
+def fetch_timeout(consumer: Any) -> float:
+    """The fetch loop's ``getmany`` timeout: short while a partition is paused for buffer
+    pressure (so it is fetched soon after it is put back), Faust's one second otherwise."""
+    return RESUME_POLL_S if consumer._buffered_partitions else _IDLE_POLL_S  # noqa: SLF001
+
+
+async def _wait_next_records(self: Any, timeout: float) -> Any:
+    # Faust sleeps one second when no partition is active. When that is because every partition
+    # is paused for pressure, sleep only until the next check instead.
+    if (self.flow_active and not self.app.client_only and self._buffered_partitions
+            and not self._get_active_partitions()):
+        await self.sleep(RESUME_POLL_S)
+        return {}, set()
+    return await _original_wait_next_records(self, timeout)
+
+
+def resume_promptly() -> None:
+    """Install the short wait of :func:`_wait_next_records` (idempotent); the fetch loop
+    (``workers/gap_guard.py``) takes its timeout from :func:`fetch_timeout`."""
+    _consumer_cls._wait_next_records = _wait_next_records

@@ -39,6 +39,7 @@ from faust.types import TP
 from mode import Service, ServiceT
 
 from workers.deliver import deliver
+from workers.faust_compat import fetch_timeout
 
 log = logging.getLogger("kindling.consumer")
 
@@ -239,7 +240,7 @@ async def _drain_messages(self: Any, fetcher: ServiceT) -> None:  # pragma: no c
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(flag_consumer_fetching)
-            ait = getmany(timeout=1.0)
+            ait = getmany(timeout=fetch_timeout(self))  # kindling: short while paused
 
             # Sleeping because sometimes getmany is called in a loop
             # never releasing to the event loop

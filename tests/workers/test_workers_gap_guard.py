@@ -139,6 +139,7 @@ class _FakeConsumer:
         self._read_offset: dict[TP, int | None] = defaultdict(lambda: None, read_offset)
         self._stopped = asyncio.Event()
         self.suspend_flow = asyncio.Event()
+        self._buffered_partitions: set[TP] = set()  # none paused for buffer pressure
         self.delivered: list[tuple[TP, int]] = []
         self.gaps: list[tuple[TP, int, int]] = []
         self.seeks: list[tuple[TP, int]] = []
