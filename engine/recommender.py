@@ -261,13 +261,22 @@ class Recommender:
 
     # ---------------------------------------------------------------- per micro-batch
     def rank(
-        self, snapshots: Sequence[Snapshot], profile_of: ProfileLookup | None = None
+        self, snapshots: Sequence[Snapshot], profile_of: ProfileLookup | None = None,
+        model: bool = True,
     ) -> list[Recommendation]:
+        """One recommendation per snapshot. ``model=False`` (the worker's ``pipeline="state"``,
+        a benchmark) skips the model: no adaptation, scoring, exclusions or exploration, every
+        user gets the catalog's first ``top_k`` rows with score 0, built into answers as served."""
         if not snapshots:
             return []
         prepared = self.prepared()
         learner = self.bundle.learner
         n_items = len(self.catalog)
+        k = min(self.settings.top_k, n_items)
+        if not model:
+            top_rows = torch.arange(k).expand(len(snapshots), k)
+            top_scores = torch.zeros(len(snapshots), k)
+            return self._outputs(snapshots, top_scores.numpy(), top_rows.numpy())
         support = self._support_batch(snapshots)
         profiles = self._profiles(snapshots, profile_of)
         with torch.inference_mode():
@@ -278,7 +287,6 @@ class Recommender:
                 scores = self._blend(scores, support, snapshots)
             support_scores = scores.gather(1, support.items).numpy() if self.explorer else None
             self._exclude(scores, snapshots)
-            k = min(self.settings.top_k, n_items)
             depth = self.explorer.depth(k, n_items) if self.explorer else k
             top_scores, top_rows = torch.topk(scores, depth, dim=1)
         now = time.time()
@@ -296,8 +304,14 @@ class Recommender:
                               if math.isfinite(score))
                 out.append(self._recommendation(snap, items, now))
             return out
-        # The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
-        # per item (RankedItems; the encoder reads the columns).
+        return self._outputs(snapshots, top_scores_np, top_rows_np, now)
+
+    def _outputs(self, snapshots: Sequence[Snapshot], top_scores_np: np.ndarray,
+                 top_rows_np: np.ndarray, now: float | None = None) -> list[Recommendation]:
+        """The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
+        per item (RankedItems; the encoder reads the columns)."""
+        now = time.time() if now is None else now
+        out = []
         personal = np.fromiter((bool(s.rows) for s in snapshots), dtype=bool,
                                count=len(snapshots))
         known = self._in_vocab[top_rows_np]  # the model knows the item by id

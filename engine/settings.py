@@ -273,9 +273,12 @@ class Settings(BaseSettings):
     """Events queued for the interactions agent (the worker uses at least 10 x batch_max)."""
     # "echo" is the transport baseline of `kindling bench kafka`: each interaction is decoded and
     # validated (bad ones dead-lettered) and answered with an empty recommendation; no state, no
-    # model. It measures what Kafka + Faust alone cost here.
-    pipeline: Literal["full", "echo"] = "full"
-    """full = serve recommendations; echo = the transport baseline (empty answers, no state)."""
+    # model. It measures what Kafka + Faust alone cost here. "state" is serving without the model:
+    # support sets, their changelog, ten-item answers and online hit@K as served, every answer the
+    # catalog's first top_k items: what serving's state and answers cost on top of the echo.
+    pipeline: Literal["full", "echo", "state"] = "full"
+    """full = serve recommendations; echo = the transport baseline (empty answers, no state);
+    state = serving without the model (benchmarks)."""
     # Freeze the worker's start-up heap out of Python's cyclic GC (workers/cli.py, cmd_worker).
     gc_freeze: bool = True
     """Move the worker's start-up heap out of the cyclic garbage collector's reach."""

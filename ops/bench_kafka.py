@@ -8,6 +8,9 @@ third of the log), each with events/s and events per CPU-second of the consuming
 * **echo**: the Faust worker with ``pipeline="echo"`` (same topics, micro-batches, decoding,
   dead-lettering and producer as serving; an empty recommendation per event, no state, no model);
 * **serving**: the Faust worker serving ``settings.learner`` (RocksDB tables, adaptation, rank);
+* **state** (only when asked for, ``--columns``): the Faust worker with ``pipeline="state"``,
+  serving without the model (support sets, changelog, ten-item answers, online hit@K; every
+  answer the catalog's first ``top_k`` items): what serving's state and answers cost;
 * **pipeline**: the same apply + rank code in process, without Kafka (``Recommender.process``).
 
 Per Kafka column, a real consumer process on the embedded broker:
@@ -51,8 +54,10 @@ import numpy as np
 from engine.settings import Settings
 from schemas import Interaction
 
-KAFKA_COLUMNS = ("serving", "echo", "bare")  # serving first: its capacity paces the others too
-COLUMNS = ("bare", "echo", "serving", "pipeline")  # the report's order: ceiling first
+# serving first: its capacity paces the others too
+KAFKA_COLUMNS = ("serving", "state", "echo", "bare")
+COLUMNS = ("bare", "echo", "serving", "pipeline")  # the default run, in the report's order
+ALL_COLUMNS = ("bare", "echo", "state", "serving", "pipeline")  # report order: ceiling first
 FRACTIONS = (0.25, 0.5)
 MIN_PACED_EVENTS = 200
 
@@ -116,13 +121,14 @@ def bench_kafka(
     from engine.trainer import save_bundle, train_bundle
     from streams.broker import EmbeddedBroker, embedded_worker_settings
 
-    unknown = set(columns) - set(COLUMNS)
+    unknown = set(columns) - set(ALL_COLUMNS)
     if unknown:
-        raise ValueError(f"unknown columns {sorted(unknown)}; choose from {', '.join(COLUMNS)}")
+        raise ValueError(f"unknown columns {sorted(unknown)}; choose from "
+                         f"{', '.join(ALL_COLUMNS)}")
     data, catalog, events, cut = bench_workload(settings)
     stream = events[cut:]
     bundle = None
-    if "serving" in columns or "pipeline" in columns:
+    if {"serving", "state", "pipeline"} & set(columns):
         bundle = train_bundle(settings, events[:cut], catalog, steps=100).bundle
     workdir = Path(tempfile.mkdtemp(prefix="kindling-bench-"))
     out: dict[str, Any] = {"columns": {}}
@@ -133,11 +139,12 @@ def bench_kafka(
             s = embedded_worker_settings(
                 broker.url, settings, data_dir=str(workdir / column), app_id=f"bench-{run}",
                 topic_prefix=f"bench-{run}.", model_dir="", retrain_interval_s=0.0,
-                pipeline="echo" if column == "echo" else "full",
+                pipeline={"echo": "echo", "state": "state"}.get(column, "full"),
             )
-            if column == "serving":
+            if column in ("serving", "state"):
                 save_bundle(bundle, s.data_dir)
-            source = EventSource(stream, fresh=column == "serving")
+            # each column's worker has its own tables: the stream is fresh to each stateful one
+            source = EventSource(stream, fresh=column in ("serving", "state"))
             extra_rates = [] if serving_rate is None else [serving_rate]
             result = _kafka_column(column, s, broker.pid, data.items, source, n_events,
                                    fractions, paced_s, extra_rates)
@@ -148,7 +155,7 @@ def bench_kafka(
     if "pipeline" in columns:
         out["columns"]["pipeline"] = _pipeline_column(settings, bundle, catalog, stream,
                                                       n_events, fractions, paced_s)
-    out["columns"] = {c: out["columns"][c] for c in COLUMNS if c in out["columns"]}
+    out["columns"] = {c: out["columns"][c] for c in ALL_COLUMNS if c in out["columns"]}
     out["ratios"] = _ratios(out["columns"])
     out.update(_legacy_keys(out["columns"]))
     return {**out, "learner": settings.learner, "inner_steps": settings.inner_steps,
@@ -274,7 +281,8 @@ def _ratios(cols: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Column over column, for events/s and events per CPU-second; serving's p99 at 50% of its
     capacity over the echoes' p99 at that same rate."""
     out: dict[str, float] = {}
-    pairs = [("serving", "echo"), ("serving", "bare"), ("echo", "bare"), ("serving", "pipeline")]
+    pairs = [("serving", "echo"), ("serving", "bare"), ("echo", "bare"), ("serving", "pipeline"),
+             ("state", "echo"), ("serving", "state")]
     for a, b in pairs:
         if a in cols and b in cols:
             for key in ("events_per_s", "events_per_cpu_s"):
@@ -282,7 +290,7 @@ def _ratios(cols: dict[str, dict[str, Any]]) -> dict[str, float]:
     serving = cols.get("serving")
     if serving:
         half = next((p for p in serving["paced"] if p["of"] == "0.5"), None)
-        for other in ("echo", "bare"):
+        for other in ("echo", "bare", "state"):
             same = next((p for p in cols.get(other, {}).get("paced", [])
                          if p["of"] == "serving/2"), None)
             if half and same:

@@ -196,8 +196,9 @@ class Kindling:
         # The content encoder fixes the feature width (MiniLM: 384), so build it first.
         self.encoder = make_encoder(settings)
         settings = with_encoder_dim(settings, self.encoder)
-        if settings.pipeline not in ("full", "echo"):
-            raise ValueError(f"pipeline must be 'full' or 'echo', got {settings.pipeline!r}")
+        if settings.pipeline not in ("full", "echo", "state"):
+            raise ValueError("pipeline must be 'full', 'echo' or 'state', got "
+                             f"{settings.pipeline!r}")
         self.settings = settings
         set_fetch_max_wait(settings.fetch_max_wait_ms)
         drain_before_commit()  # changelogs in Kafka before offsets are committed
@@ -376,7 +377,7 @@ class Kindling:
             _current_event.set(None)
             try:
                 ranked_at = time.perf_counter()
-                recs = self.recommender.rank(snaps, profiles.get)
+                recs = self.recommender.rank(snaps, profiles.get, model=s.pipeline != "state")
                 self.metrics.rank_latency.observe(time.perf_counter() - ranked_at)
             except Exception as exc:  # noqa: BLE001 - a model bug must not lose events
                 log.exception("ranking failed for a batch of %d events", len(snaps),
@@ -498,7 +499,7 @@ class Kindling:
                 good.append(event)
             _current_event.set(None)  # as in the interactions agent: ranking reads many users
             try:
-                recs = self.recommender.rank(snaps, profiles.get)
+                recs = self.recommender.rank(snaps, profiles.get, model=s.pipeline != "state")
             except Exception as exc:  # noqa: BLE001 - a model bug must not lose requests
                 log.exception("ranking failed for a batch of %d requests", len(snaps))
                 reason = f"internal error while ranking: {exc!r}"

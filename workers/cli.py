@@ -381,7 +381,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="kafka: seconds of each paced latency run (at 25%% and 50%% of the "
                    "capacity each column measured in the same run)")
     p.add_argument("--columns", default=None,
-                   help="kafka: comma-separated subset of bare,echo,serving,pipeline (default all)")
+                   help="kafka: comma-separated columns of bare,echo,state,serving,pipeline "
+                        "(default: bare,echo,serving,pipeline; state = serving without the model)")
     p.add_argument("--baseline-s", type=float, default=20.0,
                    help="retrain: seconds of latency measured before the retrain round starts")
     p.add_argument("--after-s", type=float, default=5.0,

@@ -253,3 +253,22 @@ def test_trained_model_beats_popularity_in_cluster(log: SyntheticLog, trained) -
     # measured: model 1.0, popularity 0.0 (chance is 1/6); require a 0.4 margin and > chance
     assert model_precision >= pop_precision + 0.4, (model_precision, pop_precision)
     assert model_precision >= 0.6
+
+
+def test_rank_without_the_model_answers_the_catalogs_first_items_as_served(
+        log: SyntheticLog) -> None:
+    # pipeline="state" (`kindling bench kafka --columns state`): what serving's state and answers
+    # cost without the model. Answers are built as served; the support sets still change.
+    rec = make(log, top_k=7)
+    supports: dict[str, bytes] = {}
+    items = cluster_items(log, 2)[:4]
+    snaps = rec.apply_batch(events_for("u", items), supports)
+    fixed = rec.rank(snaps, model=False)
+    served = rec.rank(snaps)
+    first = list(rec.catalog.ids[:7])
+    assert [r.item_ids() for r in fixed] == [first] * len(snaps)
+    assert all(i.score == 0.0 for r in fixed for i in r.items)
+    assert [(r.user_id, r.source_event_id, r.model_version) for r in fixed] == [
+        (r.user_id, r.source_event_id, r.model_version) for r in served]
+    assert [r.item_ids() for r in served] != [first] * len(snaps)  # the model ranks otherwise
+    assert UserSupport.from_bytes(supports["u"]).n_total == len(items)

@@ -109,7 +109,7 @@ CASES: dict[str, Case] = {
     "batch_max": Case("64", 64, ("0",)),
     "batch_within_s": Case("0.05", 0.05, ("0", "-0.1")),
     "stream_buffer_events": Case("1024", 1024, ("0",)),
-    "pipeline": Case("echo", "echo", ("fast", "Full"), ("full", "echo")),
+    "pipeline": Case("echo", "echo", ("fast", "Full"), ("full", "echo", "state")),
     "gc_freeze": _bool(True),
     "event_loop": Case("asyncio", "asyncio", ("tokio", "", "uv loop"), ("uvloop", "asyncio")),
     "rating_low": Case("1", 1.0, ("6", "x"), extra={"KINDLING_RATING_HIGH": "5"}),

@@ -208,6 +208,42 @@ def test_echo_pipeline_answers_each_event_with_an_empty_list_and_dead_letters_ba
     assert len(dead) == 3 and all(d["reason"] for d in dead)
 
 
+def test_state_pipeline_keeps_support_sets_and_answers_without_the_model(
+    broker, tmp_path, read_until, warm_model
+):
+    """``pipeline="state"`` (`kindling bench kafka --columns state`): serving's support sets,
+    changelog and ten-item answers, with the catalog's first items instead of the model's."""
+    settings = _settings(broker, tmp_path, "state").replace(pipeline="state")
+    data, warm = _trained(settings, warm_model)
+    events = _stream(data, warm, n_users=20, per_user=5)
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        with EventProducer(settings) as producer:
+            for item in data.items:
+                producer.item(item)
+            producer.flush()
+            worker.wait_for_catalog(len(data.items))
+            producer.interactions(events)
+        recs = [json.loads(v) for _, v in read_until(
+            settings, settings.topic("recommendations"),
+            lambda got: len(got) >= len(events), 120)]
+        sent = Counter(e.user_id for e in events)
+        latest = {k.decode(): v for k, v in read_until(
+            settings, f"{settings.app_id}-supports-changelog",
+            lambda got: {k.decode() for k, _ in got} >= set(sent), 60)}
+    finally:
+        worker.stop()
+    assert "Traceback" not in worker.tail(200000), worker.tail()
+    assert sorted(r["source_event_id"] for r in recs) == sorted(e.event_id for e in events)
+    # the worker's first catalog rows (their order is the items' arrival over 4 partitions)
+    lists = {tuple(i["item_id"] for i in r["items"]) for r in recs}
+    assert len(lists) == 1
+    (first,) = lists
+    assert len(first) == settings.top_k and set(first) <= {i.item_id for i in data.items}
+    assert {u: UserSupport.from_bytes(raw).n_total for u, raw in latest.items()} == dict(sent)
+
+
 def test_unknown_pipeline_is_refused(tmp_path) -> None:
     from workers.app import Kindling
 

@@ -36,6 +36,7 @@ def test_ratios_compare_columns_and_p99_at_the_same_rate() -> None:
                                     {"of": "serving/2", "p99_ms": 40.0}]),
         "serving": column(1500, 3000, [{"of": "0.5", "p99_ms": 60.0}]),
         "pipeline": column(6000, 6000, []),
+        "state": column(1800, 4000, [{"of": "serving/2", "p99_ms": 30.0}]),
     }
     r = _ratios(cols)
     assert r["serving_vs_echo_events_per_s"] == pytest.approx(0.75)
@@ -45,6 +46,15 @@ def test_ratios_compare_columns_and_p99_at_the_same_rate() -> None:
     # serving's p99 at 50% of its own capacity vs the echoes' at that same rate (not their own)
     assert r["serving_vs_echo_p99_at_serving_half"] == pytest.approx(1.5)
     assert r["serving_vs_bare_p99_at_serving_half"] == pytest.approx(6.0)
+    # serving without the model: against the echo, and what the model adds to it
+    assert r["state_vs_echo_events_per_s"] == pytest.approx(0.9)
+    assert r["serving_vs_state_events_per_cpu_s"] == pytest.approx(0.75)
+    assert r["serving_vs_state_p99_at_serving_half"] == pytest.approx(2.0)
+
+
+def test_unknown_columns_are_refused_before_anything_runs() -> None:
+    with pytest.raises(ValueError, match="choose from bare, echo, state, serving, pipeline"):
+        bench_kafka(Settings(), columns=("serving", "modelless"))
 
 
 def test_event_loop_setting_picks_the_policy() -> None:
