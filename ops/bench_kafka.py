@@ -188,10 +188,7 @@ def _kafka_column(column: str, s: Settings, broker_pid: int | None, items: Seque
     try:
         with EventProducer(s, linger_ms=2) as producer:
             if column != "bare":  # the bare echo reads no catalog
-                for item in items:
-                    producer.item(item)
-                producer.flush()
-                consumer_proc.wait_for_catalog(len(items))  # events must not race the catalog
+                consumer_proc.load_catalog(producer, items)
             pids = {"consumer": consumer_proc.proc.pid, "broker": broker_pid}
             before = _cpu_seconds(pids)
             capacity = _throughput(producer, source.take(n_events), reader)
@@ -533,10 +530,7 @@ def _run_storage(s: Settings, broker_pid: int | None, items: Sequence[Any],
     consumer.poll(timeout_ms=1000)
     try:
         with EventProducer(s, linger_ms=2) as producer:
-            for item in items:
-                producer.item(item)
-            producer.flush()
-            worker.wait_for_catalog(len(items))
+            worker.load_catalog(producer, items)
             pids = {"worker": worker.proc.pid, "broker": broker_pid}
             before = _cpu_seconds(pids)
             result: dict[str, Any] = {

@@ -62,12 +62,9 @@ def run_demo(args: argparse.Namespace) -> int:
         worker = WorkerProcess(settings, Path(tmp) / "worker.log").start()
         try:
             with EventProducer(settings) as producer:
-                for item in data.items:
-                    producer.item(item)
                 for user in data.users:
                     producer.user(User(user.user_id, user.attributes))
-                producer.flush()
-                worker.wait_for_catalog(len(data.items))  # the catalog lands before interactions
+                worker.load_catalog(producer, data.items)  # before the interactions
                 producer.interactions(new)
             recs = {}
             shown = 0

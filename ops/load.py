@@ -388,9 +388,7 @@ def run_load(
                         factor=factor, seconds=seconds, workdir=str(Path(settings.data_dir).parent))
     try:
         with EventProducer(settings) as producer:
-            for item in stream.items:
-                producer.item(item)
-        worker.wait_for_catalog(len(stream.items))  # the catalog lands before the first event
+            worker.load_catalog(producer, stream.items)  # before the first event
         sent = 0
         if not rate:
             report.saturation = _saturate(settings, stream, saturation_events, outputs, 600.0)

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.settings import Settings
 
@@ -54,6 +56,14 @@ class WorkerProcess:
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"worker not ready within {timeout}s: {self.tail()}")
+
+    def load_catalog(self, producer: Any, items: Sequence[Any], timeout: float = 120.0) -> None:
+        """Send ``items`` (and whatever ``producer`` holds) and block until the worker has them:
+        interactions sent before that race the catalog."""
+        for item in items:
+            producer.item(item)
+        producer.flush()
+        self.wait_for_catalog(len(items), timeout)
 
     def wait_for_catalog(self, n_items: int, timeout: float = 120.0) -> None:
         """Block until the items agent has logged ``n_items`` items received (since the log

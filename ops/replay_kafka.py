@@ -171,10 +171,7 @@ class KafkaRunner:
                     attributes = self.inner.profile_of(user_id)
                     if attributes:
                         producer.user(User(user_id=user_id, attributes=dict(attributes)))
-                for item in self.items:
-                    producer.item(item)
-                producer.flush()
-                procs[0].wait_for_catalog(len(self.items))
+                procs[0].load_catalog(producer, self.items)
                 sent = 0
                 for k in range(1, self.workers):
                     # The first quarter goes to the first worker alone; each newcomer joins

@@ -140,6 +140,32 @@ def _read_until(settings, topic: str, done, timeout_s: float, linger_s: float = 
 
 
 @pytest.fixture
+def fed_worker(tmp_path):
+    """``fed_worker(settings, items, events)``: a context that starts a worker process, loads
+    ``items`` into its catalog, sends ``events``, yields the worker and stops it on the way out
+    (its log: ``tmp_path / "worker.log"``)."""
+    from contextlib import contextmanager
+
+    from ops.process import WorkerProcess
+    from streams.kafka import EventProducer
+    from streams.topics import ensure_topics
+
+    @contextmanager
+    def start(settings, items, events):
+        ensure_topics(settings)
+        worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+        try:
+            with EventProducer(settings) as producer:
+                worker.load_catalog(producer, items)
+                producer.interactions(events)
+            yield worker
+        finally:
+            worker.stop()
+
+    return start
+
+
+@pytest.fixture
 def read_until():
     """``read_until(settings, topic, done, timeout_s, linger_s=2.0)``: see ``_read_until``."""
     return _read_until

@@ -12,17 +12,15 @@ import pytest
 
 from engine.exploration import UserStats, decode_item_stats, item_key, stats_partition
 from evaluation.synthetic import generate
-from ops.process import WorkerProcess
 from schemas import Interaction
 from streams.broker import embedded_worker_settings
 from streams.kafka import EventProducer
-from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 
 def test_explore_slots_and_their_statistics_flow_through_the_worker(
-    broker, tmp_path: Path, read_until
+    broker, tmp_path: Path, read_until, fed_worker
 ):
     settings = embedded_worker_settings(
         broker.url, data_dir=str(tmp_path / "data"), partitions=4, app_id="it-bandits",
@@ -36,15 +34,8 @@ def test_explore_slots_and_their_statistics_flow_through_the_worker(
             per[e.user_id].append(e)
     users = sorted(per)[:30]
     events = sorted((e for u in users for e in per[u]), key=lambda e: e.ts)
-    ensure_topics(settings)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    try:
+    with fed_worker(settings, data.items, events) as worker:
         with EventProducer(settings) as producer:
-            for item in data.items:
-                producer.item(item)
-            producer.flush()
-            worker.wait_for_catalog(len(data.items))
-            producer.interactions(events)
             # An out-of-range rating sent raw: it must reach the DLQ, not the statistics.
             bad = {"v": 1, "event_id": "bad-1", "user_id": users[0], "item_id": events[0].item_id,
                    "kind": "rate", "value": 9.0}
@@ -57,8 +48,6 @@ def test_explore_slots_and_their_statistics_flow_through_the_worker(
             and wanted <= {json.loads(v)["source_event_id"] for _, v in got}, 120)]
         dead = [json.loads(v) for _, v in read_until(
             settings, settings.topic("dlq"), lambda got: len(got) >= 1, 60)]
-    finally:
-        worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
     assert {r["source_event_id"] for r in recs} == {e.event_id for e in events}
     slots = [i for r in recs for i in r["items"][-3:]]

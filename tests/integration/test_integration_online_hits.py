@@ -80,10 +80,7 @@ def test_worker_online_hits_equal_the_replay(broker, tmp_path: Path, online_refe
             for user in data.users:
                 if user.user_id in new_users:
                     producer.user(User(user.user_id, user.attributes))
-            for item in data.items:
-                producer.item(item)
-            producer.flush()
-            worker.wait_for_catalog(len(data.items))
+            worker.load_catalog(producer, data.items)
             producer.interactions(stream)
         recs = list(consume(settings, settings.topic("recommendations"), idle_timeout_s=20,
                             max_messages=len(stream), deadline_s=60))

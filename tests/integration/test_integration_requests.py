@@ -59,12 +59,10 @@ def test_source_only_user_is_served_a_mapped_target_list(broker, tmp_path: Path,
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         with EventProducer(settings) as producer:
-            for domain in (SOURCE, TARGET):  # items without content: known to the model by id
-                for g in range(4):
-                    for j in range(PER_GROUP):
-                        producer.item(Item(item(domain, g, j), domain))
-            producer.flush()
-            worker.wait_for_catalog(2 * 4 * PER_GROUP)  # the items agent loads the catalog first
+            # items without content: known to the model by id
+            worker.load_catalog(producer, [Item(item(domain, g, j), domain)
+                                           for domain in (SOURCE, TARGET)
+                                           for g in range(4) for j in range(PER_GROUP)])
             producer.interactions(reads)
             producer.flush()
             # every read applied (its event-driven recommendation is out) before asking

@@ -73,10 +73,8 @@ def test_books_then_a_music_request_is_served_by_the_promoted_transfer_model(
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         with EventProducer(settings) as producer:
-            for item_id, domain in items:  # no content: the model knows them by id
-                producer.item(Item(item_id, domain))
-            producer.flush()
-            worker.wait_for_catalog(len(items))
+            # no content: the model knows them by id
+            worker.load_catalog(producer, [Item(item_id, domain) for item_id, domain in items])
             producer.interactions(stream)
             producer.flush()
             # rounds start once 100 users are held; wait for one that saw all of them

@@ -86,10 +86,7 @@ def test_every_event_gets_a_recommendation_and_bad_input_goes_to_dlq(
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         with EventProducer(settings) as producer:
-            for item in data.items:
-                producer.item(item)
-            producer.flush()
-            worker.wait_for_catalog(len(data.items))  # else early events race the catalog
+            worker.load_catalog(producer, data.items)
             for i, event in enumerate(events):
                 producer.interaction(event)
                 if i % 625 == 0:  # malformed events mixed into the stream
@@ -209,31 +206,21 @@ def test_echo_pipeline_answers_each_event_with_an_empty_list_and_dead_letters_ba
 
 
 def test_state_pipeline_keeps_support_sets_and_answers_without_the_model(
-    broker, tmp_path, read_until, warm_model
+    broker, tmp_path, read_until, warm_model, fed_worker
 ):
     """``pipeline="state"`` (`kindling bench kafka --columns state`): serving's support sets,
     changelog and ten-item answers, with the catalog's first items instead of the model's."""
     settings = _settings(broker, tmp_path, "state").replace(pipeline="state")
     data, warm = _trained(settings, warm_model)
     events = _stream(data, warm, n_users=20, per_user=5)
-    ensure_topics(settings)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    try:
-        with EventProducer(settings) as producer:
-            for item in data.items:
-                producer.item(item)
-            producer.flush()
-            worker.wait_for_catalog(len(data.items))
-            producer.interactions(events)
+    sent = Counter(e.user_id for e in events)
+    with fed_worker(settings, data.items, events) as worker:
         recs = [json.loads(v) for _, v in read_until(
             settings, settings.topic("recommendations"),
             lambda got: len(got) >= len(events), 120)]
-        sent = Counter(e.user_id for e in events)
         latest = {k.decode(): v for k, v in read_until(
             settings, f"{settings.app_id}-supports-changelog",
             lambda got: {k.decode() for k, _ in got} >= set(sent), 60)}
-    finally:
-        worker.stop()
     assert "Traceback" not in worker.tail(200000), worker.tail()
     assert sorted(r["source_event_id"] for r in recs) == sorted(e.event_id for e in events)
     # the worker's first catalog rows (their order is the items' arrival over 4 partitions)
