@@ -273,29 +273,30 @@ class Recommender:
         learner = self.bundle.learner
         n_items = len(self.catalog)
         k = min(self.settings.top_k, n_items)
-        if not model:
+        explorer = self.explorer if model else None
+        if model:
+            support = self._support_batch(snapshots)
+            profiles = self._profiles(snapshots, profile_of)
+            with torch.inference_mode():
+                state = learner.init_state(profiles)
+                state = learner.adapt(state, support, prepared)
+                scores = learner.score(state, prepared)[:, :n_items].clone()
+                if self.settings.blend != "none":
+                    scores = self._blend(scores, support, snapshots)
+                support_scores = scores.gather(1, support.items).numpy() if explorer else None
+                self._exclude(scores, snapshots)
+                depth = explorer.depth(k, n_items) if explorer else k
+                top_scores, top_rows = torch.topk(scores, depth, dim=1)
+        else:
             top_rows = torch.arange(k).expand(len(snapshots), k)
             top_scores = torch.zeros(len(snapshots), k)
-            return self._outputs(snapshots, top_scores.numpy(), top_rows.numpy())
-        support = self._support_batch(snapshots)
-        profiles = self._profiles(snapshots, profile_of)
-        with torch.inference_mode():
-            state = learner.init_state(profiles)
-            state = learner.adapt(state, support, prepared)
-            scores = learner.score(state, prepared)[:, :n_items].clone()
-            if self.settings.blend != "none":
-                scores = self._blend(scores, support, snapshots)
-            support_scores = scores.gather(1, support.items).numpy() if self.explorer else None
-            self._exclude(scores, snapshots)
-            depth = self.explorer.depth(k, n_items) if self.explorer else k
-            top_scores, top_rows = torch.topk(scores, depth, dim=1)
         now = time.time()
         out = []
         top_scores_np, top_rows_np = top_scores.numpy(), top_rows.numpy()
         slates = None
-        if self.explorer is not None and self.explorer.active:
-            slates = self.explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
-                                          support_scores, self._why)
+        if explorer is not None and explorer.active:
+            slates = explorer.slates(snapshots, top_scores_np, top_rows_np, k, support,
+                                     support_scores, self._why)
         if slates is not None:
             ids = self.catalog.ids
             for b, snap in enumerate(snapshots):
@@ -304,14 +305,8 @@ class Recommender:
                               if math.isfinite(score))
                 out.append(self._recommendation(snap, items, now))
             return out
-        return self._outputs(snapshots, top_scores_np, top_rows_np, now)
-
-    def _outputs(self, snapshots: Sequence[Snapshot], top_scores_np: np.ndarray,
-                 top_rows_np: np.ndarray, now: float | None = None) -> list[Recommendation]:
-        """The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
-        per item (RankedItems; the encoder reads the columns)."""
-        now = time.time() if now is None else now
-        out = []
+        # The whole batch's outputs from its arrays: ids, scores and whys as columns, no object
+        # per item (RankedItems; the encoder reads the columns).
         personal = np.fromiter((bool(s.rows) for s in snapshots), dtype=bool,
                                count=len(snapshots))
         known = self._in_vocab[top_rows_np]  # the model knows the item by id
